@@ -1,0 +1,310 @@
+"""Per-signal buffers of acknowledged requests, flushed to the store as one insert each.
+
+A buffer is a *segment file* under ``<data>/wal/<signal>/``: length-delimited
+envelope records (``otlp_wire.envelope``), which is exactly the input ClickHouse's
+``Protobuf`` format reads. So the buffer is already columnar-ready, costs no Python
+objects per span, and the same file is the insert payload: a flush is "close the
+segment, run one INSERT ... SELECT over it per destination table, delete it".
+
+Flush triggers: ``flush_rows`` rows, ``flush_bytes`` bytes or ``flush_interval``
+seconds since the first unflushed write. Backpressure: once acknowledged-but-not-
+inserted rows pass ``max_buffered_rows`` the receiver answers 429 with Retry-After
+(``BufferFull``) instead of growing without bound.
+
+Segments left on disk by a previous run (crash, kill -9) are inserted at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+
+from meshscope.collector import otlp_sql
+from meshscope.collector.otlp_wire import WIRE
+from meshscope.selfmetrics import SelfMetrics
+from meshscope.store import Store, StoreError
+
+log = logging.getLogger("meshscope.batcher")
+
+SIGNALS = ("traces", "logs", "metrics")
+
+
+class BufferFull(Exception):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"ingest buffer is full; retry after {retry_after}s")
+        self.retry_after = retry_after
+
+
+@dataclass
+class FlushPolicy:
+    rows: int = 200_000
+    bytes: int = 64 * 1024 * 1024
+    interval: float = 1.0
+    max_buffered_rows: int = 2_000_000
+
+
+@dataclass
+class Segment:
+    path: str
+    rows: int = 0
+    bytes: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)  # metrics: points per kind
+    done: set[str] = field(default_factory=set)  # tables already inserted (partial progress)
+
+
+def statements(signal: str, database: str) -> dict[str, str]:
+    if signal == "traces":
+        return {"otel_traces": otlp_sql.traces_insert(database)}
+    if signal == "logs":
+        return {"otel_logs": otlp_sql.logs_insert(database)}
+    return otlp_sql.metrics_inserts(database)
+
+
+class SignalBuffer:
+    """The open segment of one signal plus the closed segments waiting for the store."""
+
+    def __init__(self, signal: str, directory: str) -> None:
+        self.signal = signal
+        self.dir = directory
+        os.makedirs(directory, exist_ok=True)
+        self.pending: list[Segment] = []
+        self.current: Segment | None = None
+        self._file = None
+        self._seq = self._next_seq()
+        self.first_write: float | None = None
+        self.inflight_rows = 0
+
+    def _next_seq(self) -> int:
+        nums = [int(m.group(1)) for n in os.listdir(self.dir) if (m := re.fullmatch(r"(\d+)\.seg", n))]
+        return max(nums, default=0) + 1
+
+    def recover(self) -> list[Segment]:
+        """Segments left by an earlier process, oldest first. Their row counts are unknown (-1)."""
+        found = sorted(
+            (int(m.group(1)), n) for n in os.listdir(self.dir) if (m := re.fullmatch(r"(\d+)\.seg", n))
+        )
+        segs = [Segment(os.path.join(self.dir, n), rows=-1, bytes=os.path.getsize(os.path.join(self.dir, n)))
+                for _, n in found]
+        self.pending.extend(s for s in segs if s.bytes > 0)
+        for s in segs:
+            if s.bytes == 0:
+                os.unlink(s.path)
+        return segs
+
+    @property
+    def buffered_rows(self) -> int:
+        cur = self.current.rows if self.current else 0
+        return cur + sum(max(s.rows, 0) for s in self.pending)
+
+    @property
+    def buffered_bytes(self) -> int:
+        cur = self.current.bytes if self.current else 0
+        return cur + sum(s.bytes for s in self.pending)
+
+    def append(self, record: bytes, rows: int, kinds: dict[str, int] | None = None) -> None:
+        if self.current is None:
+            path = os.path.join(self.dir, f"{self._seq:012d}.seg")
+            self._seq += 1
+            self._file = open(path, "ab", buffering=0)
+            self.current = Segment(path)
+            self.first_write = time.monotonic()
+        self._file.write(record)
+        seg = self.current
+        seg.rows += rows
+        seg.bytes += len(record)
+        if kinds:
+            for k, n in kinds.items():
+                seg.kinds[k] = seg.kinds.get(k, 0) + n
+
+    def rotate(self) -> Segment | None:
+        seg = self.current
+        if seg is None:
+            return None
+        self._file.close()
+        self._file = None
+        self.current = None
+        self.first_write = None
+        self.pending.append(seg)
+        return seg
+
+    def due(self, policy: FlushPolicy, now: float) -> bool:
+        seg = self.current
+        if seg is None:
+            return False
+        return (
+            seg.rows >= policy.rows
+            or seg.bytes >= policy.bytes
+            or (self.first_write is not None and now - self.first_write >= policy.interval)
+        )
+
+
+class Batcher:
+    """Owns the buffers and the flush loop; the receivers call ``submit``."""
+
+    def __init__(self, store: Store, data_dir: str, policy: FlushPolicy, metrics: SelfMetrics) -> None:
+        self.store = store
+        self.policy = policy
+        self.metrics = metrics
+        self.wal_dir = os.path.join(data_dir, "wal")
+        self.buffers = {s: SignalBuffer(s, os.path.join(self.wal_dir, s)) for s in SIGNALS}
+        self._statements = {s: statements(s, store.database) for s in SIGNALS}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._insert_lock = {s: asyncio.Lock() for s in SIGNALS}
+        self.failures_in_a_row = 0
+
+    # -- intake --------------------------------------------------------------------------
+    def check_capacity(self, signal: str) -> None:
+        buf = self.buffers[signal]
+        if buf.buffered_rows >= self.policy.max_buffered_rows:
+            retry = 1 if self.failures_in_a_row == 0 else min(30, 2 ** min(self.failures_in_a_row, 5))
+            raise BufferFull(retry)
+
+    def submit(self, signal: str, record: bytes, rows: int, kinds: dict[str, int] | None = None) -> None:
+        """Append one envelope record. Returns once it is in the segment file (acknowledgeable)."""
+        buf = self.buffers[signal]
+        buf.append(record, rows, kinds)
+        self.metrics.buffered.labels(signal).set(buf.buffered_rows)
+        self.metrics.buffered_bytes.labels(signal).set(buf.buffered_bytes)
+        if buf.due(self.policy, time.monotonic()):
+            self._wake.set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        for signal, buf in self.buffers.items():
+            old = buf.recover()
+            if old:
+                log.info("replaying %d %s segment(s) left by an earlier run", len(old), signal)
+        self._task = asyncio.create_task(self._loop(), name="meshscope-flush")
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Flush everything that was acknowledged, then stop the loop."""
+        self._stopping = True
+        self._wake.set()
+        if self._task:
+            await self._task
+        for signal, buf in self.buffers.items():
+            buf.rotate()
+            await self._drain(signal, final=True)
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=min(0.25, self.policy.interval))
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            now = time.monotonic()
+            jobs = []
+            for signal, buf in self.buffers.items():
+                if buf.due(self.policy, now):
+                    buf.rotate()
+                if buf.pending and not self._insert_lock[signal].locked():
+                    jobs.append(asyncio.create_task(self._drain(signal)))
+            if jobs:
+                # signals flush concurrently: chDB runs separate connections in parallel
+                await asyncio.gather(*jobs)
+
+    async def _drain(self, signal: str, final: bool = False) -> None:
+        buf = self.buffers[signal]
+        async with self._insert_lock[signal]:
+            while buf.pending:
+                seg = buf.pending[0]
+                try:
+                    await self._insert_segment(signal, seg)
+                except StoreError as e:
+                    self.failures_in_a_row += 1
+                    self.metrics.insert_failures.labels(signal).inc()
+                    delay = min(30.0, 0.5 * 2 ** min(self.failures_in_a_row, 6))
+                    log.warning("insert of %s segment %s failed (%s); retrying in %.1fs", signal,
+                                os.path.basename(seg.path), e, delay)
+                    if _looks_unparseable(str(e)):
+                        await self._isolate(signal, seg)
+                        continue
+                    if final and self.failures_in_a_row > 8:
+                        log.error("giving up on %s at shutdown; %d segment(s) stay in %s for the next start",
+                                  signal, len(buf.pending), buf.dir)
+                        return
+                    await asyncio.sleep(delay)
+                    continue
+                self.failures_in_a_row = 0
+                buf.pending.pop(0)
+                os.unlink(seg.path)
+                self.metrics.buffered.labels(signal).set(buf.buffered_rows)
+                self.metrics.buffered_bytes.labels(signal).set(buf.buffered_bytes)
+
+    async def _insert_segment(self, signal: str, seg: Segment) -> None:
+        wire = WIRE[signal]
+        for table, sql in self._statements[signal].items():
+            if table in seg.done:
+                continue
+            if signal == "metrics" and seg.rows >= 0:
+                kind = next(k for k, t in otlp_sql.METRIC_KIND_TABLES.items() if t == table)
+                if not seg.kinds.get(kind):
+                    continue
+            t0 = time.perf_counter()
+            await asyncio.to_thread(self.store.insert_wire, sql, wire.structure, wire.proto, wire.envelope, seg.path)
+            self.metrics.insert_seconds.labels(signal).observe(time.perf_counter() - t0)
+            seg.done.add(table)
+            if signal == "metrics":
+                kind = next(k for k, t in otlp_sql.METRIC_KIND_TABLES.items() if t == table)
+                n = seg.kinds.get(kind, 0)
+            else:
+                n = seg.rows
+            if n > 0:
+                self.metrics.inserted.labels(signal, table).inc(n)
+
+    async def _isolate(self, signal: str, seg: Segment) -> None:
+        """The store rejected a segment as unparseable: insert record by record, quarantine the bad ones."""
+        qdir = os.path.join(self.wal_dir, "quarantine")
+        os.makedirs(qdir, exist_ok=True)
+        records = list(_records(seg.path))
+        for i, rec in enumerate(records):
+            one = f"{seg.path}.{i}.one"
+            with open(one, "wb") as f:
+                f.write(rec)
+            single = Segment(one, rows=-1, bytes=len(rec))
+            try:
+                await self._insert_segment(signal, single)
+                os.unlink(one)
+            except StoreError as e:
+                log.error("quarantining one %s request the store cannot read: %s", signal, e)
+                self.metrics.quarantined.labels(signal).inc()
+                shutil.move(one, os.path.join(qdir, f"{signal}-{os.path.basename(one)}"))
+        buf = self.buffers[signal]
+        buf.pending.remove(seg)
+        os.unlink(seg.path)
+
+
+def _records(path: str):
+    """Yield each length-delimited record of a segment (with its length prefix)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos < len(data):
+        start = pos
+        n = shift = 0
+        while True:
+            b = data[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        end = pos + n
+        if end > len(data):
+            return  # torn tail write: the request was never acknowledged
+        yield data[start:end]
+        pos = end
+
+
+def _looks_unparseable(msg: str) -> bool:
+    m = msg.lower()
+    return "protobuf" in m or "cannot parse" in m or "cannot_parse" in m

@@ -1,0 +1,3 @@
+from meshscope.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""The ``meshscope`` command.
+
+``meshscope serve`` runs everything in one asyncio process on the embedded store (or a
+server with ``--clickhouse``): the OTLP/HTTP receiver and the query HTTP server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from meshscope import config
+
+log = logging.getLogger("meshscope")
+
+
+def _duration(text: str) -> float:
+    try:
+        return config.parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _size(text: str) -> int:
+    try:
+        return config.parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _port(text: str) -> int:
+    try:
+        p = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= p <= 65535:
+        raise argparse.ArgumentTypeError(f"port {p} out of range 0-65535")
+    return p
+
+
+def add_store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=os.environ.get("MESHSCOPE_DATA", "./meshscope-data"),
+                   help="embedded store directory (default ./meshscope-data)")
+    p.add_argument("--clickhouse", default=os.environ.get("MESHSCOPE_CLICKHOUSE"),
+                   help="use a ClickHouse server instead: http(s)://user:pass@host:8123/db")
+    p.add_argument("--retention", type=_duration, default=7 * 86400.0, help="keep data this long (default 7d)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshscope", description="Observability for service meshes.")
+    parser.add_argument("--log-level", default=os.environ.get("MESHSCOPE_LOG_LEVEL", "info"))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run collector and query server in one process")
+    add_store_args(serve)
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--otlp-http-port", type=_port, default=4318)
+    serve.add_argument("--http-port", type=_port, default=3100, help="query API, UI and /metrics (default 3100)")
+    serve.add_argument("--max-request-bytes", type=_size, default=32 * 1024 * 1024,
+                       help="largest accepted request body, also after gzip inflation (default 32MiB)")
+    serve.add_argument("--flush-rows", type=int, default=200_000, help="flush a buffer at this many rows")
+    serve.add_argument("--flush-bytes", type=_size, default=64 * 1024 * 1024, help="flush a buffer at this size")
+    serve.add_argument("--flush-interval", type=_duration, default=1.0,
+                       help="flush a buffer this long after its first write (default 1s)")
+    serve.add_argument("--max-buffered-rows", type=int, default=2_000_000,
+                       help="answer 429 once this many acknowledged rows await the store")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "serve":
+        from meshscope.server import ServeOptions, run_serve
+
+        if args.flush_rows < 1 or args.max_buffered_rows < 1:
+            parser.error("--flush-rows and --max-buffered-rows must be positive")
+        opts = ServeOptions(
+            data_dir=args.data, clickhouse_url=args.clickhouse, retention_days=max(1, round(args.retention / 86400)),
+            host=args.host, otlp_http_port=args.otlp_http_port, http_port=args.http_port,
+            max_request_bytes=args.max_request_bytes, flush_rows=args.flush_rows, flush_bytes=args.flush_bytes,
+            flush_interval=args.flush_interval, max_buffered_rows=args.max_buffered_rows,
+        )
+        return run_serve(opts)
+    parser.print_help()
+    return 2
+
+
+def install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)

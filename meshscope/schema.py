@@ -1,0 +1,66 @@
+"""Apply the SQL under ``deploy/clickhouse`` idempotently at start-up.
+
+Every statement there is written to be re-runnable (``IF NOT EXISTS``); files run in
+name order. The retention is applied on every start with ``MODIFY TTL`` so changing
+``--retention`` takes effect on existing tables (without rewriting old parts).
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from string import Template
+
+from meshscope.store import Store, StoreError
+
+# table -> the expression its TTL counts from
+TTL_COLUMNS = {
+    "otel_traces": "toDateTime(Timestamp)",
+    "otel_traces_trace_id_ts": "toDateTime(Start)",
+    "otel_logs": "TimestampTime",
+    "otel_metrics_gauge": "toDateTime(TimeUnix)",
+    "otel_metrics_sum": "toDateTime(TimeUnix)",
+    "otel_metrics_histogram": "toDateTime(TimeUnix)",
+    "otel_metrics_exponential_histogram": "toDateTime(TimeUnix)",
+    "otel_metrics_summary": "toDateTime(TimeUnix)",
+}
+
+
+def schema_files() -> list[tuple[str, str]]:
+    folder = resources.files("meshscope.deploy").joinpath("clickhouse")
+    files = sorted((p.name, p.read_text()) for p in folder.iterdir() if p.name.endswith(".sql"))
+    return files
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split on semicolons at line ends; the schema files keep one statement per block."""
+    body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in re.split(r";\s*(?:\n|$)", body) if s.strip()]
+
+
+def render(sql: str, database: str, ttl_days: int, cluster: str = "") -> str:
+    engine = "ReplicatedMergeTree" if cluster else "MergeTree"
+    return Template(sql).substitute(
+        DB=database,
+        TTL_DAYS=str(int(ttl_days)),
+        ENGINE=engine,
+        ON_CLUSTER=f"ON CLUSTER {cluster}" if cluster else "",
+    )
+
+
+def apply_schema(store: Store, ttl_days: int = 7, cluster: str = "") -> list[str]:
+    """Create what is missing and set the retention. Returns the statements run."""
+    if ttl_days < 1:
+        raise StoreError("--retention must be at least 1 day")
+    db = store.database
+    ran = []
+    for _name, text in schema_files():
+        for stmt in split_statements(render(text, db, ttl_days, cluster)):
+            store.command(stmt)
+            ran.append(stmt)
+    on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+    for table, expr in TTL_COLUMNS.items():
+        stmt = f"ALTER TABLE {db}.{table}{on_cluster} MODIFY TTL {expr} + toIntervalDay({int(ttl_days)})"
+        store.command(stmt, settings={"materialize_ttl_after_modify": 0})
+        ran.append(stmt)
+    return ran

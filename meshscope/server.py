@@ -1,0 +1,89 @@
+"""``meshscope serve``: wire store, schema, batcher, receivers and query API into one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from meshscope.collector.batcher import Batcher, FlushPolicy
+from meshscope.collector.otlp_http import OtlpHttpReceiver
+from meshscope.query.http_api import QueryApi
+from meshscope.schema import apply_schema
+from meshscope.selfmetrics import SelfMetrics
+from meshscope.store import StoreError, open_store
+
+log = logging.getLogger("meshscope.server")
+
+
+@dataclass
+class ServeOptions:
+    data_dir: str = "./meshscope-data"
+    clickhouse_url: str | None = None
+    retention_days: int = 7
+    host: str = "0.0.0.0"
+    otlp_http_port: int = 4318
+    http_port: int = 3100
+    max_request_bytes: int = 32 * 1024 * 1024
+    flush_rows: int = 200_000
+    flush_bytes: int = 64 * 1024 * 1024
+    flush_interval: float = 1.0
+    max_buffered_rows: int = 2_000_000
+
+
+async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
+    metrics = SelfMetrics()
+    store = await asyncio.to_thread(open_store, opts.data_dir, opts.clickhouse_url)
+    os.makedirs(opts.data_dir, exist_ok=True)
+    try:
+        cluster = getattr(store, "cluster", "")
+        await asyncio.to_thread(apply_schema, store, opts.retention_days, cluster)
+        policy = FlushPolicy(rows=opts.flush_rows, bytes=opts.flush_bytes, interval=opts.flush_interval,
+                             max_buffered_rows=opts.max_buffered_rows)
+        batcher = Batcher(store, opts.data_dir, policy, metrics)
+        await batcher.start()
+        receiver = OtlpHttpReceiver(batcher, metrics, opts.max_request_bytes)
+        api = QueryApi(metrics)
+
+        runners = []
+        for app, port in ((receiver.app(), opts.otlp_http_port), (api.app(), opts.http_port)):
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            site = web.TCPSite(runner, opts.host, port, reuse_address=True)
+            await site.start()
+            runners.append(runner)
+        api.ready = True
+        log.info("meshscope serving on %s: OTLP/HTTP :%d, query :%d, store %s", opts.host, opts.otlp_http_port,
+                 opts.http_port, store.describe())
+        await stop.wait()
+        log.info("shutting down: refusing new data, flushing buffers")
+        receiver.accepting = False
+        api.ready = False
+        for runner in runners:
+            await runner.cleanup()
+        await batcher.stop()
+        log.info("all acknowledged data is in the store; bye")
+    finally:
+        store.close()
+
+
+def run_serve(opts: ServeOptions) -> int:
+    from meshscope.cli import install_signal_handlers
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        install_signal_handlers(asyncio.get_running_loop(), stop)
+        try:
+            await serve(opts, stop)
+        except StoreError as e:
+            log.error("%s", e)
+            return 1
+        except OSError as e:
+            log.error("cannot start: %s", e)
+            return 1
+        return 0
+
+    return asyncio.run(main())

@@ -1,0 +1,201 @@
+"""The one store interface that collector and query share.
+
+Two back ends, one API (``clickhouse-connect`` underneath both):
+
+* ``EmbeddedStore``: chDB in this process, data under ``--data DIR``. chDB lets one
+  process open a directory; within it, separate connections run queries in parallel
+  and release the GIL, so every thread gets its own connection.
+* ``ServerStore``: a ClickHouse server or cluster over HTTP(S), from ``--clickhouse URL``.
+
+Both know how to run an OTLP insert (``insert_wire``): the statement from
+``collector.otlp_sql`` reads length-delimited envelope records. The embedded store
+points ``file()`` at the WAL segment on disk; the server store streams the same bytes
+as the body of an ``INSERT ... SELECT ... FROM input(...)``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+from urllib.parse import parse_qs, unquote, urlparse
+
+import clickhouse_connect
+
+from meshscope.sqlutil import quote_string
+
+
+class StoreError(RuntimeError):
+    """A store operation failed; the message is safe to show to a user."""
+
+
+@dataclass
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple]
+
+    def dicts(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, r)) for r in self.rows]
+
+
+class Store:
+    """Common surface. Subclasses provide ``_client()`` and ``_wire_source``."""
+
+    kind = "abstract"
+    database = "otel"
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- connections --------------------------------------------------------------------
+    def _new_client(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def client(self) -> Any:
+        c = getattr(self._local, "client", None)
+        if c is None:
+            if self._closed:
+                raise StoreError("store is closed")
+            c = self._new_client()
+            self._local.client = c
+            with self._lock:
+                self._clients.append(c)
+        return c
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for c in self._clients:
+                try:
+                    c.close()
+                except Exception:
+                    pass
+            self._clients.clear()
+
+    # -- queries -------------------------------------------------------------------------
+    def command(self, sql: str, parameters: dict | None = None, settings: dict | None = None) -> Any:
+        try:
+            return self.client().command(sql, parameters=parameters, settings=settings)
+        except Exception as e:
+            raise StoreError(_short(e)) from e
+
+    def query(self, sql: str, parameters: dict | None = None, settings: dict | None = None) -> QueryResult:
+        try:
+            r = self.client().query(sql, parameters=parameters, settings=settings)
+        except Exception as e:
+            raise StoreError(_short(e)) from e
+        return QueryResult(list(r.column_names), [tuple(row) for row in r.result_rows])
+
+    def insert_wire(self, statement: str, structure: str, proto: str, envelope: str, payload_path: str) -> None:
+        """Run an ``otlp_sql`` statement over a file of length-delimited envelope records."""
+        raise NotImplementedError
+
+    @staticmethod
+    def wire_settings(proto: str, envelope: str) -> dict[str, Any]:
+        return {
+            "format_schema_source": "string",
+            "format_schema": proto,
+            "format_schema_message_name": envelope,
+            "input_format_protobuf_oneof_presence": 1,
+        }
+
+    def describe(self) -> str:
+        return self.kind
+
+
+class EmbeddedStore(Store):
+    kind = "embedded"
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = os.path.realpath(path)
+        os.makedirs(self.path, exist_ok=True)
+        self.client()  # open now so a locked directory fails at start, not at first request
+
+    def _new_client(self) -> Any:
+        try:
+            return clickhouse_connect.get_client(interface="chdb", path=self.path)
+        except Exception as e:
+            msg = _short(e)
+            if "lock" in msg.lower():
+                raise StoreError(f"data directory {self.path} is in use by another process ({msg})") from e
+            raise StoreError(msg) from e
+
+    def insert_wire(self, statement: str, structure: str, proto: str, envelope: str, payload_path: str) -> None:
+        source = f"file({quote_string(os.path.realpath(payload_path))}, 'Protobuf', {quote_string(structure)})"
+        self.command(statement.replace("{source}", source), settings=self.wire_settings(proto, envelope))
+
+    def describe(self) -> str:
+        return f"embedded chDB at {self.path}"
+
+
+class ServerStore(Store):
+    kind = "server"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        u = urlparse(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise StoreError(f"--clickhouse must be an http(s) URL like http://user:pass@host:8123/db, got {url!r}")
+        self.url = url
+        self._params = {
+            "host": u.hostname,
+            "port": u.port or (8443 if u.scheme == "https" else 8123),
+            "username": unquote(u.username or "default"),
+            "password": unquote(u.password or ""),
+            "secure": u.scheme == "https",
+        }
+        db = u.path.strip("/")
+        if db:
+            self.database = db
+        q = parse_qs(u.query)
+        self.cluster = q.get("cluster", [""])[0]
+        self.client()
+
+    def _new_client(self) -> Any:
+        try:
+            return clickhouse_connect.get_client(**self._params, compress="lz4")
+        except Exception as e:
+            raise StoreError(f"cannot reach ClickHouse at {self._params['host']}:{self._params['port']}: {_short(e)}") from e
+
+    def insert_wire(self, statement: str, structure: str, proto: str, envelope: str, payload_path: str) -> None:
+        source = f"input({quote_string(structure)})"
+        sql = statement.replace("{source}", source) + " FORMAT Protobuf"
+        with open(payload_path, "rb") as f:
+            data = f.read()
+        try:
+            self.client().command(sql, settings=self.wire_settings(proto, envelope), data=data)
+        except Exception as e:
+            raise StoreError(_short(e)) from e
+
+    def describe(self) -> str:
+        return f"ClickHouse server at {self._params['host']}:{self._params['port']}"
+
+
+def open_store(data_dir: str | None = None, clickhouse_url: str | None = None) -> Store:
+    if clickhouse_url:
+        return ServerStore(clickhouse_url)
+    return EmbeddedStore(data_dir or "./meshscope-data")
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e).strip()
+    # ClickHouse messages carry a stack trace and version trailer; the first line says it.
+    first = msg.splitlines()[0] if msg else type(e).__name__
+    return first[:2000]
+
+
+@contextmanager
+def timed() -> Iterator[list[float]]:
+    box = [0.0]
+    t = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box[0] = time.perf_counter() - t
