@@ -146,7 +146,8 @@ class SignalBuffer:
 class Batcher:
     """Owns the buffers and the flush loop; the receivers call ``submit``."""
 
-    def __init__(self, store: Store, data_dir: str, policy: FlushPolicy, metrics: SelfMetrics) -> None:
+    def __init__(self, store: Store, data_dir: str, policy: FlushPolicy, metrics: SelfMetrics,
+                 insert_workers: int = 2) -> None:
         self.store = store
         self.policy = policy
         self.metrics = metrics
@@ -156,7 +157,10 @@ class Batcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
-        self._insert_lock = {s: asyncio.Lock() for s in SIGNALS}
+        self.insert_workers = insert_workers
+        self._workers = {s: 0 for s in SIGNALS}
+        self._inflight: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
         self.failures_in_a_row = 0
 
     # -- intake --------------------------------------------------------------------------
@@ -202,21 +206,30 @@ class Batcher:
                 pass
             self._wake.clear()
             now = time.monotonic()
-            jobs = []
             for signal, buf in self.buffers.items():
                 if buf.due(self.policy, now):
                     buf.rotate()
-                if buf.pending and not self._insert_lock[signal].locked():
-                    jobs.append(asyncio.create_task(self._drain(signal)))
-            if jobs:
-                # signals flush concurrently: chDB runs separate connections in parallel
-                await asyncio.gather(*jobs)
+                # Up to `insert_workers` inserts per signal at once: one insert decodes its segment on one
+                # core, and chDB runs separate connections in parallel.
+                idle = sum(1 for s in buf.pending if s.path not in self._inflight)
+                while idle > 0 and self._workers[signal] < self.insert_workers:
+                    self._workers[signal] += 1
+                    idle -= 1
+                    task = asyncio.create_task(self._drain(signal))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _drain(self, signal: str, final: bool = False) -> None:
+        """Insert pending segments of one signal until none is left that no other worker holds."""
         buf = self.buffers[signal]
-        async with self._insert_lock[signal]:
-            while buf.pending:
-                seg = buf.pending[0]
+        try:
+            while True:
+                seg = next((s for s in buf.pending if s.path not in self._inflight), None)
+                if seg is None:
+                    return
+                self._inflight.add(seg.path)
                 try:
                     await self._insert_segment(signal, seg)
                 except StoreError as e:
@@ -234,11 +247,16 @@ class Batcher:
                         return
                     await asyncio.sleep(delay)
                     continue
+                finally:
+                    self._inflight.discard(seg.path)
                 self.failures_in_a_row = 0
-                buf.pending.pop(0)
+                buf.pending.remove(seg)
                 os.unlink(seg.path)
                 self.metrics.buffered.labels(signal).set(buf.buffered_rows)
                 self.metrics.buffered_bytes.labels(signal).set(buf.buffered_bytes)
+        finally:
+            if not final:
+                self._workers[signal] -= 1
 
     async def _insert_segment(self, signal: str, seg: Segment) -> None:
         wire = WIRE[signal]

@@ -84,6 +84,13 @@ def _enum_text(expr: str, names: list[str]) -> str:
     return f"if({expr} >= 0 AND {expr} < {len(names)}, arrayElement({arr}, {expr} + 1), toString({expr}))"
 
 
+def _scope_columns(scope: str) -> str:
+    """Scope-level values, computed once per scope before the per-item ARRAY JOIN (not once per item)."""
+    return (f"{scope}.scope.name AS scope_name, {scope}.scope.version AS scope_version, "
+            f"{attributes_map(scope + '.scope.attributes')} AS scope_attrs, "
+            f"{scope}.scope.dropped_attributes_count AS scope_dropped, {scope}.schema_url AS scope_schema_url")
+
+
 _ZERO_TRACE = "unhex('00000000000000000000000000000000')"
 
 
@@ -111,11 +118,11 @@ SELECT
     res_attrs,
     rs_schema_url,
     res_dropped,
-    ss.scope.name,
-    ss.scope.version,
-    {attributes_map('ss.scope.attributes')},
-    ss.scope.dropped_attributes_count,
-    ss.schema_url,
+    scope_name,
+    scope_version,
+    scope_attrs,
+    scope_dropped,
+    scope_schema_url,
     {attributes_map('sp.attributes')},
     sp.dropped_attributes_count,
     if(sp.end_time_unix_nano > sp.start_time_unix_nano, sp.end_time_unix_nano - sp.start_time_unix_nano, 0),
@@ -134,7 +141,7 @@ SELECT
     arrayMap(l -> l.flags, sp.links),
     sp.dropped_links_count
 FROM (
-    SELECT tenant, res_attrs, res_dropped, rs_schema_url, ss
+    SELECT tenant, res_attrs, res_dropped, rs_schema_url, {_scope_columns('ss')}, ss.spans AS spans
     FROM (
         SELECT tenant, {attributes_map('rs.resource.attributes')} AS res_attrs,
                rs.resource.dropped_attributes_count AS res_dropped, rs.schema_url AS rs_schema_url,
@@ -144,7 +151,7 @@ FROM (
     )
     ARRAY JOIN scope_list AS ss
 )
-ARRAY JOIN ss.spans AS sp
+ARRAY JOIN spans AS sp
 WHERE length(sp.trace_id) = 16 AND sp.trace_id != {_ZERO_TRACE} AND length(sp.span_id) = 8
   AND length(sp.parent_span_id) IN (0, 8)
 """
@@ -178,15 +185,15 @@ SELECT
     rs_schema_url,
     res_attrs,
     res_dropped,
-    sl.schema_url,
-    sl.scope.name,
-    sl.scope.version,
-    {attributes_map('sl.scope.attributes')},
-    sl.scope.dropped_attributes_count,
+    scope_schema_url,
+    scope_name,
+    scope_version,
+    scope_attrs,
+    scope_dropped,
     {attributes_map('lr.attributes')},
     lr.dropped_attributes_count
 FROM (
-    SELECT tenant, res_attrs, res_dropped, rs_schema_url, sl
+    SELECT tenant, res_attrs, res_dropped, rs_schema_url, {_scope_columns('sl')}, sl.log_records AS records
     FROM (
         SELECT tenant, {attributes_map('rl.resource.attributes')} AS res_attrs,
                rl.resource.dropped_attributes_count AS res_dropped, rl.schema_url AS rs_schema_url,
@@ -196,7 +203,7 @@ FROM (
     )
     ARRAY JOIN scope_list AS sl
 )
-ARRAY JOIN sl.log_records AS lr
+ARRAY JOIN records AS lr
 WHERE length(lr.trace_id) IN (0, 16) AND length(lr.span_id) IN (0, 8)
 """
 
@@ -218,8 +225,8 @@ def _metric_common(point: str, exemplars: bool = True) -> str:
     arrayMap(x -> if(x.value = 'as_int', toFloat64(x.as_int), x.as_double), {point}.exemplars),
     arrayMap(x -> {_hex('x.span_id')}, {point}.exemplars),
     arrayMap(x -> {_hex('x.trace_id')}, {point}.exemplars)"""
-    return f"""tenant, res_attrs, rs_schema_url, sm.scope.name, sm.scope.version, {attributes_map('sm.scope.attributes')},
-    sm.scope.dropped_attributes_count, sm.schema_url, res_attrs['service.name'], m.name, m.description, m.unit,
+    return f"""tenant, res_attrs, rs_schema_url, scope_name, scope_version, scope_attrs,
+    scope_dropped, scope_schema_url, res_attrs['service.name'], m.name, m.description, m.unit,
     {attributes_map(point + '.attributes')}, {_ns(point + '.start_time_unix_nano')}, {_ns(point + '.time_unix_nano')},
     {point}.flags,
     {ex}"""
@@ -227,9 +234,10 @@ def _metric_common(point: str, exemplars: bool = True) -> str:
 
 def _metric_from(kind: str, point_path: str) -> str:
     return f"""FROM (
-    SELECT tenant, res_attrs, rs_schema_url, sm, m
+    SELECT tenant, res_attrs, rs_schema_url, scope_name, scope_version, scope_attrs, scope_dropped,
+           scope_schema_url, m
     FROM (
-        SELECT tenant, res_attrs, rs_schema_url, sm
+        SELECT tenant, res_attrs, rs_schema_url, {_scope_columns('sm')}, sm.metrics AS metric_list
         FROM (
             SELECT tenant, {attributes_map('rm.resource.attributes')} AS res_attrs, rm.schema_url AS rs_schema_url,
                    rm.scope_metrics AS scope_list
@@ -238,7 +246,7 @@ def _metric_from(kind: str, point_path: str) -> str:
         )
         ARRAY JOIN scope_list AS sm
     )
-    ARRAY JOIN sm.metrics AS m
+    ARRAY JOIN metric_list AS m
     WHERE m.data = '{kind}'
 )
 ARRAY JOIN {point_path} AS p"""
