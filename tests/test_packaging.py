@@ -1,0 +1,51 @@
+"""The distribution installs without the source tree, and the README and CI agree."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_non_editable_install_into_fresh_venv(tmp_path):
+    venv = tmp_path / "venv"
+    # system site packages provide the (large) dependencies; meshscope itself is built and installed fresh
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(ROOT)],
+                   check=True, cwd=tmp_path, timeout=300)
+    probe = (
+        "import meshscope, meshscope.collector.otlp_http, meshscope.query.http_api, meshscope.schema as s\n"
+        "assert 'site-packages' in meshscope.__file__, meshscope.__file__\n"
+        "names = [n for n, _ in s.schema_files()]\n"
+        "assert names and all(n.endswith('.sql') for n in names), names\n"
+        "import importlib.util\n"
+        "assert importlib.util.find_spec('collector') is None and importlib.util.find_spec('query') is None\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    helped = subprocess.run([str(venv / "bin" / "meshscope"), "serve", "--help"], capture_output=True, text=True,
+                            cwd=tmp_path, env=env)
+    assert helped.returncode == 0 and "--otlp-http-port" in helped.stdout
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_command():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)\n```", readme, re.S)
+    assert len(blocks) >= 2
+    run_cmd, test_cmd = blocks[0].strip(), blocks[1].strip()
+    assert "pip install" in run_cmd and "meshscope serve" in run_cmd
+    assert readme.index(run_cmd) < 200, "the README must open with the two commands"
+    ci = (ROOT / ".ci" / "run").read_text()
+    pytest_part = test_cmd.split("&&")[-1].strip()
+    install_part = test_cmd.split("&&")[0].strip()
+    assert pytest_part in ci and "-e '.[test]'" in install_part and ".[test]" in ci
