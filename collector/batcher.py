@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from meshscope.collector import otlp_sql
-from meshscope.collector.otlp_wire import WIRE
+from meshscope.collector.otlp_wire import TENANT_FIELD, WIRE, envelope, record_body
 from meshscope.selfmetrics import SelfMetrics
 from meshscope.store import Store, StoreError
 
@@ -46,6 +46,9 @@ class FlushPolicy:
     bytes: int = 64 * 1024 * 1024
     interval: float = 1.0
     max_buffered_rows: int = 2_000_000
+    max_wal_bytes: int = 1024**3  # acknowledged bytes on disk awaiting the store; past this: 429
+    fsync: bool = True
+    sync_interval: float = 0.002
 
 
 @dataclass
@@ -65,29 +68,41 @@ def statements(signal: str, database: str) -> dict[str, str]:
     return otlp_sql.metrics_inserts(database)
 
 
-class SignalBuffer:
-    """The open segment of one signal plus the closed segments waiting for the store."""
+_SEGMENT_RE = re.compile(r"(\d+)-([0-9a-f]+)\.seg")
 
-    def __init__(self, signal: str, directory: str) -> None:
+
+class SignalBuffer:
+    """The open segment of one signal plus the closed segments waiting for the store.
+
+    Durability is a group commit: ``append`` writes the record and returns a future that
+    resolves once an ``fsync`` covering it has finished; one fsync serves every request
+    that arrived within ``sync_interval``. Acknowledge only after the future resolves.
+    """
+
+    def __init__(self, signal: str, directory: str, fsync: bool = True, sync_interval: float = 0.002) -> None:
         self.signal = signal
         self.dir = directory
         os.makedirs(directory, exist_ok=True)
         self.pending: list[Segment] = []
         self.current: Segment | None = None
         self._file = None
+        # A fresh run id per process keeps segment names (and so dedup tokens) unique across restarts.
+        self._run = os.urandom(4).hex()
         self._seq = self._next_seq()
         self.first_write: float | None = None
-        self.inflight_rows = 0
+        self.fsync = fsync
+        self.sync_interval = sync_interval
+        self._waiters: list[asyncio.Future] = []
+        self._dirty = asyncio.Event()
+        self._file_lock = asyncio.Lock()
 
     def _next_seq(self) -> int:
-        nums = [int(m.group(1)) for n in os.listdir(self.dir) if (m := re.fullmatch(r"(\d+)\.seg", n))]
+        nums = [int(m.group(1)) for n in os.listdir(self.dir) if (m := _SEGMENT_RE.fullmatch(n))]
         return max(nums, default=0) + 1
 
     def recover(self) -> list[Segment]:
         """Segments left by an earlier process, oldest first. Their row counts are unknown (-1)."""
-        found = sorted(
-            (int(m.group(1)), n) for n in os.listdir(self.dir) if (m := re.fullmatch(r"(\d+)\.seg", n))
-        )
+        found = sorted((int(m.group(1)), n) for n in os.listdir(self.dir) if (m := _SEGMENT_RE.fullmatch(n)))
         segs = [Segment(os.path.join(self.dir, n), rows=-1, bytes=os.path.getsize(os.path.join(self.dir, n)))
                 for _, n in found]
         self.pending.extend(s for s in segs if s.bytes > 0)
@@ -106,11 +121,13 @@ class SignalBuffer:
         cur = self.current.bytes if self.current else 0
         return cur + sum(s.bytes for s in self.pending)
 
-    def append(self, record: bytes, rows: int, kinds: dict[str, int] | None = None) -> None:
+    def append(self, record: bytes, rows: int, kinds: dict[str, int] | None = None) -> asyncio.Future | None:
         if self.current is None:
-            path = os.path.join(self.dir, f"{self._seq:012d}.seg")
+            path = os.path.join(self.dir, f"{self._seq:012d}-{self._run}.seg")
             self._seq += 1
             self._file = open(path, "ab", buffering=0)
+            if self.fsync:
+                _fsync_dir(self.dir)  # the new name must survive a crash too
             self.current = Segment(path)
             self.first_write = time.monotonic()
         self._file.write(record)
@@ -120,17 +137,43 @@ class SignalBuffer:
         if kinds:
             for k, n in kinds.items():
                 seg.kinds[k] = seg.kinds.get(k, 0) + n
-
-    def rotate(self) -> Segment | None:
-        seg = self.current
-        if seg is None:
+        if not self.fsync:
             return None
-        self._file.close()
-        self._file = None
-        self.current = None
-        self.first_write = None
-        self.pending.append(seg)
-        return seg
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._dirty.set()
+        return fut
+
+    async def sync_loop(self) -> None:
+        """Group commit: one fsync for every append that arrived during the last interval."""
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(self.sync_interval)
+            self._dirty.clear()
+            async with self._file_lock:
+                await self._sync_current()
+
+    async def _sync_current(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        if self._file is not None and waiters:
+            await asyncio.to_thread(os.fsync, self._file.fileno())
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    async def rotate(self) -> Segment | None:
+        async with self._file_lock:
+            seg = self.current
+            if seg is None:
+                return None
+            if self.fsync:
+                await self._sync_current()
+            self._file.close()
+            self._file = None
+            self.current = None
+            self.first_write = None
+            self.pending.append(seg)
+            return seg
 
     def due(self, policy: FlushPolicy, now: float) -> bool:
         seg = self.current
@@ -143,6 +186,14 @@ class SignalBuffer:
         )
 
 
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Batcher:
     """Owns the buffers and the flush loop; the receivers call ``submit``."""
 
@@ -152,7 +203,9 @@ class Batcher:
         self.policy = policy
         self.metrics = metrics
         self.wal_dir = os.path.join(data_dir, "wal")
-        self.buffers = {s: SignalBuffer(s, os.path.join(self.wal_dir, s)) for s in SIGNALS}
+        self.buffers = {
+            s: SignalBuffer(s, os.path.join(self.wal_dir, s), policy.fsync, policy.sync_interval) for s in SIGNALS
+        }
         self._statements = {s: statements(s, store.database) for s in SIGNALS}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -162,22 +215,27 @@ class Batcher:
         self._inflight: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self.failures_in_a_row = 0
+        # Tests only: while this file exists every insert fails, as if the store were down.
+        self._fault_file = os.environ.get("MESHSCOPE_TEST_STORE_FAULT_FILE")
 
     # -- intake --------------------------------------------------------------------------
     def check_capacity(self, signal: str) -> None:
         buf = self.buffers[signal]
-        if buf.buffered_rows >= self.policy.max_buffered_rows:
+        wal_bytes = sum(b.buffered_bytes for b in self.buffers.values())
+        if buf.buffered_rows >= self.policy.max_buffered_rows or wal_bytes >= self.policy.max_wal_bytes:
             retry = 1 if self.failures_in_a_row == 0 else min(30, 2 ** min(self.failures_in_a_row, 5))
             raise BufferFull(retry)
 
-    def submit(self, signal: str, record: bytes, rows: int, kinds: dict[str, int] | None = None) -> None:
-        """Append one envelope record. Returns once it is in the segment file (acknowledgeable)."""
+    async def submit(self, signal: str, record: bytes, rows: int, kinds: dict[str, int] | None = None) -> None:
+        """Append one envelope record; returns once it is durably in the WAL (acknowledgeable)."""
         buf = self.buffers[signal]
-        buf.append(record, rows, kinds)
+        durable = buf.append(record, rows, kinds)
         self.metrics.buffered.labels(signal).set(buf.buffered_rows)
         self.metrics.buffered_bytes.labels(signal).set(buf.buffered_bytes)
         if buf.due(self.policy, time.monotonic()):
             self._wake.set()
+        if durable is not None:
+            await durable
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -186,6 +244,8 @@ class Batcher:
             if old:
                 log.info("replaying %d %s segment(s) left by an earlier run", len(old), signal)
         self._task = asyncio.create_task(self._loop(), name="meshscope-flush")
+        self._sync_tasks = [asyncio.create_task(b.sync_loop(), name=f"meshscope-wal-sync-{s}")
+                            for s, b in self.buffers.items() if b.fsync]
         self._wake.set()
 
     async def stop(self) -> None:
@@ -195,8 +255,10 @@ class Batcher:
         if self._task:
             await self._task
         for signal, buf in self.buffers.items():
-            buf.rotate()
+            await buf.rotate()
             await self._drain(signal, final=True)
+        for t in getattr(self, "_sync_tasks", []):
+            t.cancel()
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -208,7 +270,7 @@ class Batcher:
             now = time.monotonic()
             for signal, buf in self.buffers.items():
                 if buf.due(self.policy, now):
-                    buf.rotate()
+                    await buf.rotate()
                 # Up to `insert_workers` inserts per signal at once: one insert decodes its segment on one
                 # core, and chDB runs separate connections in parallel.
                 idle = sum(1 for s in buf.pending if s.path not in self._inflight)
@@ -267,8 +329,13 @@ class Batcher:
                 kind = next(k for k, t in otlp_sql.METRIC_KIND_TABLES.items() if t == table)
                 if not seg.kinds.get(kind):
                     continue
+            if self._fault_file and os.path.exists(self._fault_file):
+                raise StoreError("injected store fault (MESHSCOPE_TEST_STORE_FAULT_FILE exists)")
+            # The token makes a replay after a crash between insert and segment deletion a no-op.
+            token = f"{os.path.basename(seg.path)}:{table}"
             t0 = time.perf_counter()
-            await asyncio.to_thread(self.store.insert_wire, sql, wire.structure, wire.proto, wire.envelope, seg.path)
+            await asyncio.to_thread(self.store.insert_wire, sql, wire.structure, wire.proto, wire.envelope, seg.path,
+                                    token)
             self.metrics.insert_seconds.labels(signal).observe(time.perf_counter() - t0)
             seg.done.add(table)
             if signal == "metrics":
@@ -292,10 +359,25 @@ class Batcher:
             try:
                 await self._insert_segment(signal, single)
                 os.unlink(one)
+                continue
             except StoreError as e:
-                log.error("quarantining one %s request the store cannot read: %s", signal, e)
+                first_error = e
+            # upb accepted it but ClickHouse does not: typically a known field sent with another wire type,
+            # which upb keeps as an unknown field. Re-encode without unknown fields and try once more.
+            clean = f"{one}.clean"
+            try:
+                with open(clean, "wb") as f:
+                    f.write(sanitize_record(signal, rec))
+                await self._insert_segment(signal, Segment(clean, rows=-1, bytes=os.path.getsize(clean)))
+                os.unlink(one)
+                continue
+            except (StoreError, ValueError) as e:
+                log.error("quarantining one %s request the store cannot read: %s / %s", signal, first_error, e)
                 self.metrics.quarantined.labels(signal).inc()
                 shutil.move(one, os.path.join(qdir, f"{signal}-{os.path.basename(one)}"))
+            finally:
+                if os.path.exists(clean):
+                    os.unlink(clean)
         buf = self.buffers[signal]
         buf.pending.remove(seg)
         os.unlink(seg.path)
@@ -321,6 +403,20 @@ def _records(path: str):
             return  # torn tail write: the request was never acknowledged
         yield data[start:end]
         pos = end
+
+
+def sanitize_record(signal: str, record: bytes) -> bytes:
+    """Re-encode one envelope record through upb, dropping unknown fields (slow path, rare)."""
+    from google.protobuf.unknown_fields import UnknownFieldSet
+
+    from meshscope.collector import validate
+
+    msg = validate.parse(signal, record_body(record))
+    tenant = next((f.data.decode() for f in UnknownFieldSet(msg) if f.field_number == TENANT_FIELD), None)
+    if tenant is None:
+        raise ValueError("record has no tenant field")
+    msg.DiscardUnknownFields()
+    return envelope(msg.SerializeToString(), tenant)
 
 
 def _looks_unparseable(msg: str) -> bool:

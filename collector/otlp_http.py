@@ -171,7 +171,7 @@ class OtlpHttpReceiver:
         counted = validate.count(signal, msg)
         self.metrics.received.labels(signal, "http").inc(counted.items)
         if counted.accepted > 0:
-            self.batcher.submit(signal, envelope(payload, tenant), counted.accepted, counted.kinds or None)
+            await self.batcher.submit(signal, envelope(payload, tenant), counted.accepted, counted.kinds or None)
         if counted.rejected:
             self.metrics.rejected.labels(signal, "invalid").inc(counted.rejected)
         self.metrics.requests.labels(signal, "http", "200").inc()

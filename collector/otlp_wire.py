@@ -398,3 +398,17 @@ def envelope(request_bytes: bytes, tenant: str) -> bytes:
     t = tenant.encode()
     body_len = len(request_bytes) + len(_TENANT_TAG) + len(_varint(len(t))) + len(t)
     return b"".join((_varint(body_len), request_bytes, _TENANT_TAG, _varint(len(t)), t))
+
+
+
+def record_body(record: bytes) -> bytes:
+    """One record without its length prefix: parses as the Export*ServiceRequest (tenant = unknown field 15)."""
+    n = shift = pos = 0
+    while True:
+        b = record[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    return record[pos:pos + n]

@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="flush a buffer this long after its first write (default 1s)")
     serve.add_argument("--max-buffered-rows", type=int, default=2_000_000,
                        help="answer 429 once this many acknowledged rows await the store")
+    serve.add_argument("--wal-max-bytes", type=_size, default=1024**3,
+                       help="answer 429 once this much acknowledged data awaits the store (default 1GiB)")
+    serve.add_argument("--wal-fsync", action=argparse.BooleanOptionalAction, default=True,
+                       help="acknowledge only after fsync (group commit); --no-wal-fsync trades crash safety "
+                            "for speed (data still survives a killed process, not a power loss)")
     return parser
 
 
@@ -86,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host, otlp_http_port=args.otlp_http_port, http_port=args.http_port,
             max_request_bytes=args.max_request_bytes, flush_rows=args.flush_rows, flush_bytes=args.flush_bytes,
             flush_interval=args.flush_interval, max_buffered_rows=args.max_buffered_rows,
+            wal_max_bytes=args.wal_max_bytes, wal_fsync=args.wal_fsync,
         )
         return run_serve(opts)
     parser.print_help()

@@ -32,6 +32,8 @@ class ServeOptions:
     flush_bytes: int = 64 * 1024 * 1024
     flush_interval: float = 1.0
     max_buffered_rows: int = 2_000_000
+    wal_max_bytes: int = 1024**3
+    wal_fsync: bool = True
 
 
 async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
@@ -42,7 +44,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         cluster = getattr(store, "cluster", "")
         await asyncio.to_thread(apply_schema, store, opts.retention_days, cluster)
         policy = FlushPolicy(rows=opts.flush_rows, bytes=opts.flush_bytes, interval=opts.flush_interval,
-                             max_buffered_rows=opts.max_buffered_rows)
+                             max_buffered_rows=opts.max_buffered_rows, max_wal_bytes=opts.wal_max_bytes,
+                             fsync=opts.wal_fsync)
         batcher = Batcher(store, opts.data_dir, policy, metrics)
         await batcher.start()
         receiver = OtlpHttpReceiver(batcher, metrics, opts.max_request_bytes)
@@ -50,7 +53,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
 
         runners = []
         for app, port in ((receiver.app(), opts.otlp_http_port), (api.app(), opts.http_port)):
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            # The receiver inflates gzip itself, within --max-request-bytes; aiohttp's own decoding has no limit.
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
             await runner.setup()
             site = web.TCPSite(runner, opts.host, port, reuse_address=True)
             await site.start()

@@ -92,13 +92,21 @@ class Store:
             raise StoreError(_short(e)) from e
         return QueryResult(list(r.column_names), [tuple(row) for row in r.result_rows])
 
-    def insert_wire(self, statement: str, structure: str, proto: str, envelope: str, payload_path: str) -> None:
+    def insert_wire(self, statement: str, structure: str, proto: str, envelope: str, payload_path: str,
+                    dedup_token: str | None = None) -> None:
         """Run an ``otlp_sql`` statement over a file of length-delimited envelope records."""
         raise NotImplementedError
 
     @staticmethod
-    def wire_settings(proto: str, envelope: str) -> dict[str, Any]:
-        return {
+    def wire_settings(proto: str, envelope: str, dedup_token: str | None = None) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if dedup_token:
+            extra = {
+                "insert_deduplicate": 1,
+                "insert_deduplication_token": dedup_token,
+                "deduplicate_blocks_in_dependent_materialized_views": 1,
+            }
+        return extra | {
             "format_schema_source": "string",
             "format_schema": proto,
             "format_schema_message_name": envelope,
@@ -129,9 +137,10 @@ class EmbeddedStore(Store):
                 raise StoreError(f"data directory {self.path} is in use by another process ({msg})") from e
             raise StoreError(msg) from e
 
-    def insert_wire(self, statement: str, structure: str, proto: str, envelope: str, payload_path: str) -> None:
+    def insert_wire(self, statement: str, structure: str, proto: str, envelope: str, payload_path: str,
+                    dedup_token: str | None = None) -> None:
         source = f"file({quote_string(os.path.realpath(payload_path))}, 'Protobuf', {quote_string(structure)})"
-        self.command(statement.replace("{source}", source), settings=self.wire_settings(proto, envelope))
+        self.command(statement.replace("{source}", source), settings=self.wire_settings(proto, envelope, dedup_token))
 
     def describe(self) -> str:
         return f"embedded chDB at {self.path}"
@@ -166,13 +175,14 @@ class ServerStore(Store):
         except Exception as e:
             raise StoreError(f"cannot reach ClickHouse at {self._params['host']}:{self._params['port']}: {_short(e)}") from e
 
-    def insert_wire(self, statement: str, structure: str, proto: str, envelope: str, payload_path: str) -> None:
+    def insert_wire(self, statement: str, structure: str, proto: str, envelope: str, payload_path: str,
+                    dedup_token: str | None = None) -> None:
         source = f"input({quote_string(structure)})"
         sql = statement.replace("{source}", source) + " FORMAT Protobuf"
         with open(payload_path, "rb") as f:
             data = f.read()
         try:
-            self.client().command(sql, settings=self.wire_settings(proto, envelope), data=data)
+            self.client().command(sql, settings=self.wire_settings(proto, envelope, dedup_token), data=data)
         except Exception as e:
             raise StoreError(_short(e)) from e
 

@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS ${DB}.otel_traces ${ON_CLUSTER} (
 PARTITION BY toDate(Timestamp)
 ORDER BY (TenantId, ServiceName, SpanName, toDateTime(Timestamp))
 TTL toDateTime(Timestamp) + toIntervalDay(${TTL_DAYS})
-SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1,
+    non_replicated_deduplication_window = 1000;
 
 -- Trace id -> time range, so a trace by id reads one small sorted table, then only the parts that can hold it.
 CREATE TABLE IF NOT EXISTS ${DB}.otel_traces_trace_id_ts ${ON_CLUSTER} (
@@ -70,7 +71,8 @@ CREATE TABLE IF NOT EXISTS ${DB}.otel_traces_trace_id_ts ${ON_CLUSTER} (
 PARTITION BY toDate(Start)
 ORDER BY (TenantId, TraceId, Start)
 TTL toDateTime(Start) + toIntervalDay(${TTL_DAYS})
-SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1,
+    non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS ${DB}.otel_traces_trace_id_ts_mv ${ON_CLUSTER}
 TO ${DB}.otel_traces_trace_id_ts AS
@@ -115,4 +117,5 @@ PARTITION BY toDate(TimestampTime)
 PRIMARY KEY (TenantId, ServiceName, TimestampTime)
 ORDER BY (TenantId, ServiceName, TimestampTime, Timestamp)
 TTL TimestampTime + toIntervalDay(${TTL_DAYS})
-SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1,
+    non_replicated_deduplication_window = 1000;

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS ${DB}.otel_metrics_gauge ${ON_CLUSTER} (
 PARTITION BY toDate(TimeUnix)
 ORDER BY (TenantId, ServiceName, MetricName, Attributes, toUnixTimestamp64Nano(TimeUnix))
 TTL toDateTime(TimeUnix) + toIntervalDay(${TTL_DAYS})
-SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1,
+    non_replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS ${DB}.otel_metrics_sum ${ON_CLUSTER} (
     TenantId LowCardinality(String) DEFAULT 'default' CODEC(ZSTD(1)),
@@ -73,7 +74,8 @@ CREATE TABLE IF NOT EXISTS ${DB}.otel_metrics_sum ${ON_CLUSTER} (
 PARTITION BY toDate(TimeUnix)
 ORDER BY (TenantId, ServiceName, MetricName, Attributes, toUnixTimestamp64Nano(TimeUnix))
 TTL toDateTime(TimeUnix) + toIntervalDay(${TTL_DAYS})
-SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1,
+    non_replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS ${DB}.otel_metrics_histogram ${ON_CLUSTER} (
     TenantId LowCardinality(String) DEFAULT 'default' CODEC(ZSTD(1)),
@@ -114,7 +116,8 @@ CREATE TABLE IF NOT EXISTS ${DB}.otel_metrics_histogram ${ON_CLUSTER} (
 PARTITION BY toDate(TimeUnix)
 ORDER BY (TenantId, ServiceName, MetricName, Attributes, toUnixTimestamp64Nano(TimeUnix))
 TTL toDateTime(TimeUnix) + toIntervalDay(${TTL_DAYS})
-SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1,
+    non_replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS ${DB}.otel_metrics_exponential_histogram ${ON_CLUSTER} (
     TenantId LowCardinality(String) DEFAULT 'default' CODEC(ZSTD(1)),
@@ -160,7 +163,8 @@ CREATE TABLE IF NOT EXISTS ${DB}.otel_metrics_exponential_histogram ${ON_CLUSTER
 PARTITION BY toDate(TimeUnix)
 ORDER BY (TenantId, ServiceName, MetricName, Attributes, toUnixTimestamp64Nano(TimeUnix))
 TTL toDateTime(TimeUnix) + toIntervalDay(${TTL_DAYS})
-SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1,
+    non_replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS ${DB}.otel_metrics_summary ${ON_CLUSTER} (
     TenantId LowCardinality(String) DEFAULT 'default' CODEC(ZSTD(1)),
@@ -200,4 +204,5 @@ CREATE TABLE IF NOT EXISTS ${DB}.otel_metrics_summary ${ON_CLUSTER} (
 PARTITION BY toDate(TimeUnix)
 ORDER BY (TenantId, ServiceName, MetricName, Attributes, toUnixTimestamp64Nano(TimeUnix))
 TTL toDateTime(TimeUnix) + toIntervalDay(${TTL_DAYS})
-SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1,
+    non_replicated_deduplication_window = 1000;
