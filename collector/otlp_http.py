@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from meshscope.collector import validate
+from meshscope.collector import otlp_json, validate
 from meshscope.collector.batcher import Batcher, BufferFull
 from meshscope.collector.otlp_wire import envelope
 from meshscope.selfmetrics import SelfMetrics
@@ -155,8 +155,6 @@ class OtlpHttpReceiver:
             raise RequestError(429, str(e), code_pb2.RESOURCE_EXHAUSTED, {"Retry-After": str(e.retry_after)}) from e
         body = await read_body(request, self.max_request_bytes)
         if encoding == "json":
-            from meshscope.collector import otlp_json  # loaded on first JSON request
-
             try:
                 msg = otlp_json.decode(signal, body)
             except otlp_json.OtlpJsonError as e:
