@@ -15,6 +15,7 @@ as the body of an ``INSERT ... SELECT ... FROM input(...)``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -97,19 +98,19 @@ class Store:
         """Run an ``otlp_sql`` statement over a file of length-delimited envelope records."""
         raise NotImplementedError
 
-    @staticmethod
-    def wire_settings(proto: str, envelope: str, dedup_token: str | None = None) -> dict[str, Any]:
-        extra: dict[str, Any] = {}
+    def schema_settings(self, proto: str, envelope: str) -> dict[str, Any]:
+        """How ClickHouse finds the wire schema: inline text (servers cache it on their side)."""
+        return {"format_schema_source": "string", "format_schema": proto, "format_schema_message_name": envelope}
+
+    def wire_settings(self, proto: str, envelope: str, dedup_token: str | None = None) -> dict[str, Any]:
+        extra: dict[str, Any] = dict(self.schema_settings(proto, envelope))
         if dedup_token:
-            extra = {
+            extra |= {
                 "insert_deduplicate": 1,
                 "insert_deduplication_token": dedup_token,
                 "deduplicate_blocks_in_dependent_materialized_views": 1,
             }
         return extra | {
-            "format_schema_source": "string",
-            "format_schema": proto,
-            "format_schema_message_name": envelope,
             "input_format_protobuf_oneof_presence": 1,
             # multiIf over oneof members is cheaper evaluated flat than with per-row branch masks (measured)
             "short_circuit_function_evaluation": "disable",
@@ -125,17 +126,33 @@ class EmbeddedStore(Store):
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = os.path.realpath(path)
-        os.makedirs(self.path, exist_ok=True)
+        self.schema_dir = os.path.join(self.path, "format_schemas")
+        os.makedirs(self.schema_dir, exist_ok=True)
         self.client()  # open now so a locked directory fails at start, not at first request
 
     def _new_client(self) -> Any:
         try:
-            return clickhouse_connect.get_client(interface="chdb", path=self.path)
+            # Inline protobuf schemas are cached in format_schema_path; keep it inside the data dir, not the cwd.
+            return clickhouse_connect.get_client(
+                interface="chdb", path=self.path,
+                chdb_options={"format_schema_path": self.schema_dir})
         except Exception as e:
             msg = _short(e)
             if "lock" in msg.lower():
                 raise StoreError(f"data directory {self.path} is in use by another process ({msg})") from e
             raise StoreError(msg) from e
+
+    def schema_settings(self, proto: str, envelope: str) -> dict[str, Any]:
+        # chDB caches inline ("string") schemas in ./__cache__ of the process's working directory; a schema file
+        # inside the data directory keeps the user's cwd clean. The name carries a hash, so it never goes stale.
+        name = f"meshscope_{envelope}_{hashlib.sha256(proto.encode()).hexdigest()[:16]}.proto"
+        path = os.path.join(self.schema_dir, name)
+        if not os.path.exists(path):
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                f.write(proto)
+            os.replace(tmp, path)
+        return {"format_schema_source": "file", "format_schema": f"{path}:{envelope}"}
 
     def insert_wire(self, statement: str, structure: str, proto: str, envelope: str, payload_path: str,
                     dedup_token: str | None = None) -> None:
