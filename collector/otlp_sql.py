@@ -16,6 +16,7 @@ response is exactly what the SQL leaves out.
 
 from __future__ import annotations
 
+from meshscope.collector.mesh_sql import MESH_COLUMNS, access_log_attributes, identity_columns
 from meshscope.collector.otlp_wire import ATTRIBUTE_DEPTH, BODY_DEPTH
 
 SPAN_KINDS = ["SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT",
@@ -84,6 +85,14 @@ def _enum_text(expr: str, names: list[str]) -> str:
     return f"if({expr} >= 0 AND {expr} < {len(names)}, arrayElement({arr}, {expr} + 1), toString({expr}))"
 
 
+_MESH_LIST = ", ".join(MESH_COLUMNS)
+
+
+def _mesh_values(resource_map: str, item_map: str) -> str:
+    cols = identity_columns(resource_map, item_map)
+    return ",\n    ".join(cols[c] for c in MESH_COLUMNS)
+
+
 def _scope_columns(scope: str) -> str:
     """Scope-level values, computed once per scope before the per-item ARRAY JOIN (not once per item)."""
     return (f"{scope}.scope.name AS scope_name, {scope}.scope.version AS scope_version, "
@@ -103,7 +112,7 @@ INSERT INTO {database}.otel_traces (
     SpanAttributes, DroppedAttributesCount, Duration, StatusCode, StatusMessage,
     `Events.Timestamp`, `Events.Name`, `Events.Attributes`, `Events.DroppedAttributesCount`, DroppedEventsCount,
     `Links.TraceId`, `Links.SpanId`, `Links.TraceState`, `Links.Attributes`, `Links.DroppedAttributesCount`,
-    `Links.Flags`, DroppedLinksCount)
+    `Links.Flags`, DroppedLinksCount, {_MESH_LIST})
 SELECT
     tenant,
     {_ns('sp.start_time_unix_nano')},
@@ -123,7 +132,7 @@ SELECT
     scope_attrs,
     scope_dropped,
     scope_schema_url,
-    {attributes_map('sp.attributes')},
+    {attributes_map('sp.attributes')} AS span_attrs,
     sp.dropped_attributes_count,
     if(sp.end_time_unix_nano > sp.start_time_unix_nano, sp.end_time_unix_nano - sp.start_time_unix_nano, 0),
     {_enum_text('sp.status.code', STATUS_CODES)},
@@ -139,7 +148,8 @@ SELECT
     arrayMap(l -> {attributes_map('l.attributes')}, sp.links),
     arrayMap(l -> l.dropped_attributes_count, sp.links),
     arrayMap(l -> l.flags, sp.links),
-    sp.dropped_links_count
+    sp.dropped_links_count,
+    {_mesh_values('res_attrs', 'span_attrs')}
 FROM (
     SELECT tenant, res_attrs, res_dropped, rs_schema_url, {_scope_columns('ss')}, ss.spans AS spans
     FROM (
@@ -167,7 +177,7 @@ INSERT INTO {database}.otel_logs (
     TenantId, Timestamp, ObservedTimestamp, TraceId, SpanId, TraceFlags, Flags, SeverityText, SeverityNumber,
     ServiceName, Body, BodyType, EventName, ResourceSchemaUrl, ResourceAttributes, ResourceDroppedAttributesCount,
     ScopeSchemaUrl, ScopeName, ScopeVersion, ScopeAttributes, ScopeDroppedAttributesCount,
-    LogAttributes, DroppedAttributesCount)
+    LogAttributes, DroppedAttributesCount, {_MESH_LIST})
 SELECT
     tenant,
     {_ns('if(lr.time_unix_nano != 0, lr.time_unix_nano, lr.observed_time_unix_nano)')},
@@ -190,8 +200,9 @@ SELECT
     scope_version,
     scope_attrs,
     scope_dropped,
-    {attributes_map('lr.attributes')},
-    lr.dropped_attributes_count
+    mapUpdate({access_log_attributes('lr.body.string_value')}, {attributes_map('lr.attributes')}) AS log_attrs,
+    lr.dropped_attributes_count,
+    {_mesh_values('res_attrs', 'log_attrs')}
 FROM (
     SELECT tenant, res_attrs, res_dropped, rs_schema_url, {_scope_columns('sl')}, sl.log_records AS records
     FROM (
