@@ -12,7 +12,6 @@ the OTLP spec: the Export*ServiceResponse in the request's encoding, with
 from __future__ import annotations
 
 import logging
-import re
 import zlib
 
 from aiohttp import web
@@ -25,6 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from meshscope.collector import otlp_json, validate
 from meshscope.collector.batcher import Batcher, BufferFull
 from meshscope.collector.otlp_wire import envelope
+from meshscope.collector.tenant import HEADER, TenantError, tenant_from_header
 from meshscope.selfmetrics import SelfMetrics
 
 log = logging.getLogger("meshscope.otlp_http")
@@ -38,9 +38,6 @@ RESPONSES = {
     "metrics": (ExportMetricsServiceResponse, "rejected_data_points"),
 }
 
-# Loki's tenant id rules: up to 150 bytes of letters, digits and ! - _ . * ' ( ); not "." or "..".
-_TENANT_RE = re.compile(r"^[A-Za-z0-9!\-_.*'()]{1,150}$")
-DEFAULT_TENANT = "default"
 
 
 class RequestError(Exception):
@@ -54,12 +51,10 @@ class RequestError(Exception):
 
 
 def tenant_of(request: web.Request) -> str:
-    raw = request.headers.get("X-Scope-OrgID", "").strip()
-    if not raw:
-        return DEFAULT_TENANT
-    if not _TENANT_RE.match(raw) or raw in (".", ".."):
-        raise RequestError(400, "invalid X-Scope-OrgID: use up to 150 letters, digits or !-_.*'()")
-    return raw
+    try:
+        return tenant_from_header(request.headers.get(HEADER))
+    except TenantError as e:
+        raise RequestError(400, str(e)) from e
 
 
 def inflate(data: bytes, limit: int) -> bytes:

@@ -26,7 +26,7 @@ class SelfMetrics:
         self.inserted = Counter(
             "meshscope_inserted_rows", "Rows the store confirmed, per destination table.", ["signal", "table"], registry=r)
         self.requests = Counter(
-            "meshscope_requests", "Export requests answered, by HTTP status.", ["signal", "protocol", "code"], registry=r)
+            "meshscope_requests", "Export requests answered, by status (HTTP status code, or gRPC status name for protocol=grpc).", ["signal", "protocol", "code"], registry=r)
         self.buffered = Gauge(
             "meshscope_buffered_rows", "Rows acknowledged but not yet confirmed by the store.", ["signal"], registry=r)
         self.buffered_bytes = Gauge(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from meshscope.collector.batcher import Batcher, FlushPolicy
+from meshscope.collector.otlp_grpc import OtlpGrpcReceiver
 from meshscope.collector.otlp_http import OtlpHttpReceiver
 from meshscope.query.http_api import QueryApi
 from meshscope.schema import apply_schema
@@ -26,6 +27,7 @@ class ServeOptions:
     retention_days: int = 7
     host: str = "0.0.0.0"
     otlp_http_port: int = 4318
+    otlp_grpc_port: int = 4317
     http_port: int = 3100
     max_request_bytes: int = 32 * 1024 * 1024
     flush_rows: int = 200_000
@@ -49,6 +51,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         batcher = Batcher(store, opts.data_dir, policy, metrics)
         await batcher.start()
         receiver = OtlpHttpReceiver(batcher, metrics, opts.max_request_bytes)
+        grpc_receiver = OtlpGrpcReceiver(batcher, metrics, opts.max_request_bytes)
         api = QueryApi(metrics)
 
         runners = []
@@ -59,15 +62,18 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
             site = web.TCPSite(runner, opts.host, port, reuse_address=True)
             await site.start()
             runners.append(runner)
+        await grpc_receiver.start(opts.host, opts.otlp_grpc_port)
         api.ready = True
-        log.info("meshscope serving on %s: OTLP/HTTP :%d, query :%d, store %s", opts.host, opts.otlp_http_port,
-                 opts.http_port, store.describe())
+        log.info("meshscope serving on %s: OTLP/HTTP :%d, OTLP/gRPC :%d, query :%d, store %s", opts.host,
+                 opts.otlp_http_port, opts.otlp_grpc_port, opts.http_port, store.describe())
         await stop.wait()
         log.info("shutting down: refusing new data, flushing buffers")
         receiver.accepting = False
+        grpc_receiver.accepting = False
         api.ready = False
         for runner in runners:
             await runner.cleanup()
+        await grpc_receiver.stop(5)
         await batcher.stop()
         log.info("all acknowledged data is in the store; bye")
     finally:

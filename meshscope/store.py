@@ -127,6 +127,7 @@ class EmbeddedStore(Store):
         super().__init__()
         self.path = os.path.realpath(path)
         self.schema_dir = os.path.join(self.path, "format_schemas")
+        self._schema_files: set[str] = set()
         os.makedirs(self.schema_dir, exist_ok=True)
         self.client()  # open now so a locked directory fails at start, not at first request
 
@@ -147,11 +148,13 @@ class EmbeddedStore(Store):
         # inside the data directory keeps the user's cwd clean. The name carries a hash, so it never goes stale.
         name = f"meshscope_{envelope}_{hashlib.sha256(proto.encode()).hexdigest()[:16]}.proto"
         path = os.path.join(self.schema_dir, name)
-        if not os.path.exists(path):
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                f.write(proto)
-            os.replace(tmp, path)
+        with self._lock:
+            if path not in self._schema_files:
+                tmp = f"{path}.{os.getpid()}.tmp"
+                with open(tmp, "w") as f:
+                    f.write(proto)
+                os.replace(tmp, path)
+                self._schema_files.add(path)
         return {"format_schema_source": "file", "format_schema": f"{path}:{envelope}"}
 
     def insert_wire(self, statement: str, structure: str, proto: str, envelope: str, payload_path: str,
