@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--otlp-http-port", type=_port, default=4318, help="OTLP/HTTP receiver (default 4318)")
     serve.add_argument("--otlp-grpc-port", type=_port, default=4317, help="OTLP/gRPC receiver (default 4317)")
+    serve.add_argument("--zipkin-port", type=_port, default=9411, help="Zipkin v2 receiver (default 9411)")
     serve.add_argument("--http-port", type=_port, default=3100, help="query API, UI and /metrics (default 3100)")
     serve.add_argument("--max-request-bytes", type=_size, default=32 * 1024 * 1024,
                        help="largest accepted request body, also after gzip inflation (default 32MiB)")
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--flush-rows and --max-buffered-rows must be positive")
         opts = ServeOptions(
             data_dir=args.data, clickhouse_url=args.clickhouse, retention_days=max(1, round(args.retention / 86400)),
-            host=args.host, otlp_http_port=args.otlp_http_port, otlp_grpc_port=args.otlp_grpc_port, http_port=args.http_port,
+            host=args.host, otlp_http_port=args.otlp_http_port, otlp_grpc_port=args.otlp_grpc_port,
+            zipkin_port=args.zipkin_port, http_port=args.http_port,
             max_request_bytes=args.max_request_bytes, flush_rows=args.flush_rows, flush_bytes=args.flush_bytes,
             flush_interval=args.flush_interval, max_buffered_rows=args.max_buffered_rows,
             wal_max_bytes=args.wal_max_bytes, wal_fsync=args.wal_fsync,

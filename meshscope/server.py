@@ -12,6 +12,7 @@ from aiohttp import web
 from meshscope.collector.batcher import Batcher, FlushPolicy
 from meshscope.collector.otlp_grpc import OtlpGrpcReceiver
 from meshscope.collector.otlp_http import OtlpHttpReceiver
+from meshscope.collector.zipkin import ZipkinReceiver
 from meshscope.query.http_api import QueryApi
 from meshscope.schema import apply_schema
 from meshscope.selfmetrics import SelfMetrics
@@ -28,6 +29,7 @@ class ServeOptions:
     host: str = "0.0.0.0"
     otlp_http_port: int = 4318
     otlp_grpc_port: int = 4317
+    zipkin_port: int = 9411
     http_port: int = 3100
     max_request_bytes: int = 32 * 1024 * 1024
     flush_rows: int = 200_000
@@ -52,10 +54,12 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         await batcher.start()
         receiver = OtlpHttpReceiver(batcher, metrics, opts.max_request_bytes)
         grpc_receiver = OtlpGrpcReceiver(batcher, metrics, opts.max_request_bytes)
+        zipkin = ZipkinReceiver(batcher, metrics, opts.max_request_bytes)
         api = QueryApi(metrics)
 
         runners = []
-        for app, port in ((receiver.app(), opts.otlp_http_port), (api.app(), opts.http_port)):
+        sites = ((receiver.app(), opts.otlp_http_port), (zipkin.app(), opts.zipkin_port), (api.app(), opts.http_port))
+        for app, port in sites:
             # The receiver inflates gzip itself, within --max-request-bytes; aiohttp's own decoding has no limit.
             runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
             await runner.setup()
@@ -64,12 +68,13 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
             runners.append(runner)
         await grpc_receiver.start(opts.host, opts.otlp_grpc_port)
         api.ready = True
-        log.info("meshscope serving on %s: OTLP/HTTP :%d, OTLP/gRPC :%d, query :%d, store %s", opts.host,
-                 opts.otlp_http_port, opts.otlp_grpc_port, opts.http_port, store.describe())
+        log.info("meshscope serving on %s: OTLP/HTTP :%d, OTLP/gRPC :%d, Zipkin :%d, query :%d, store %s", opts.host,
+                 opts.otlp_http_port, opts.otlp_grpc_port, opts.zipkin_port, opts.http_port, store.describe())
         await stop.wait()
         log.info("shutting down: refusing new data, flushing buffers")
         receiver.accepting = False
         grpc_receiver.accepting = False
+        zipkin.accepting = False
         api.ready = False
         for runner in runners:
             await runner.cleanup()

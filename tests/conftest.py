@@ -45,6 +45,7 @@ class Server:
     log_path: str
     args: list[str] = field(default_factory=list)
     grpc_port: int = 0
+    zipkin_port: int = 0
 
     @property
     def otlp_url(self) -> str:
@@ -71,14 +72,14 @@ class Server:
 
 
 def start_server(data_dir: str, *extra: str, log_path: str | None = None, wait: bool = True) -> Server:
-    otlp_port, http_port, grpc_port = free_port(), free_port(), free_port()
+    otlp_port, http_port, grpc_port, zipkin_port = free_port(), free_port(), free_port(), free_port()
     log_path = log_path or os.path.join(data_dir + ".log")
     args = [sys.executable, "-m", "meshscope", "serve", "--data", data_dir, "--host", "127.0.0.1",
             "--otlp-http-port", str(otlp_port), "--http-port", str(http_port), "--otlp-grpc-port", str(grpc_port),
-            *extra]
+            "--zipkin-port", str(zipkin_port), *extra]
     logf = open(log_path, "ab")
     proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT)
-    srv = Server(data_dir, otlp_port, http_port, proc, log_path, args, grpc_port)
+    srv = Server(data_dir, otlp_port, http_port, proc, log_path, args, grpc_port, zipkin_port)
     if wait:
         wait_ready(srv)
     return srv

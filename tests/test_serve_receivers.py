@@ -1,4 +1,4 @@
-"""``meshscope serve`` listens for OTLP/gRPC next to OTLP/HTTP; the real gRPC exporter's spans are stored."""
+"""``meshscope serve`` listens for OTLP/gRPC and Zipkin next to OTLP/HTTP; real clients' data is stored."""
 
 from __future__ import annotations
 
@@ -22,3 +22,19 @@ def test_serve_accepts_otlp_grpc(server):
     assert server.stop() == 0
     rows = read_store(server.data_dir, "SELECT SpanName, ServiceName FROM otel.otel_traces ORDER BY SpanName")
     assert rows == [("inner", "grpc-client"), ("outer", "grpc-client")]
+
+
+def test_serve_accepts_zipkin_v2_json(server):
+    import json
+    import urllib.request
+
+    span = {"traceId": "5af7183fb1d4cf5f", "id": "6b221d5bc9e6496c", "name": "get /api", "kind": "SERVER",
+            "timestamp": 1_000_000 * int(__import__("time").time()), "duration": 2500,
+            "localEndpoint": {"serviceName": "zipkin-client"}, "tags": {"http.status_code": "200"}}
+    req = urllib.request.Request(f"http://127.0.0.1:{server.zipkin_port}/api/v2/spans", data=json.dumps([span]).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        assert r.status == 202
+    assert server.stop() == 0
+    rows = read_store(server.data_dir, "SELECT TraceId, SpanName, Duration, MeshResponseCode FROM otel.otel_traces")
+    assert rows == [("00000000000000005af7183fb1d4cf5f", "get /api", 2_500_000, "200")]
