@@ -57,15 +57,19 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         zipkin = ZipkinReceiver(batcher, metrics, opts.max_request_bytes)
         api = QueryApi(metrics)
 
-        runners = []
-        sites = ((receiver.app(), opts.otlp_http_port), (zipkin.app(), opts.zipkin_port), (api.app(), opts.http_port))
-        for app, port in sites:
+        runners, sites = [], []
+        inflight = InflightRequests()
+        apps = ((receiver.app(), opts.otlp_http_port), (zipkin.app(), opts.zipkin_port), (api.app(), opts.http_port))
+        for app, port in apps:
+            app.middlewares.append(inflight.middleware)
             # The receiver inflates gzip itself, within --max-request-bytes; aiohttp's own decoding has no limit.
-            runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False,
+                                   shutdown_timeout=2.0)
             await runner.setup()
             site = web.TCPSite(runner, opts.host, port, reuse_address=True)
             await site.start()
             runners.append(runner)
+            sites.append(site)
         await grpc_receiver.start(opts.host, opts.otlp_grpc_port)
         api.ready = True
         log.info("meshscope serving on %s: OTLP/HTTP :%d, OTLP/gRPC :%d, Zipkin :%d, query :%d, store %s", opts.host,
@@ -76,6 +80,10 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         grpc_receiver.accepting = False
         zipkin.accepting = False
         api.ready = False
+        # Stop listening, let requests already being read or answered finish, then close the connections.
+        for site in sites:
+            await site.stop()
+        await inflight.drained(timeout=15)
         for runner in runners:
             await runner.cleanup()
         await grpc_receiver.stop(5)
@@ -83,6 +91,26 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         log.info("all acknowledged data is in the store; bye")
     finally:
         store.close()
+
+
+class InflightRequests:
+    """Counts requests being handled, so shutdown can wait for uploads that already started."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler):
+        self.count += 1
+        try:
+            return await handler(request)
+        finally:
+            self.count -= 1
+
+    async def drained(self, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.count and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
 
 
 def run_serve(opts: ServeOptions) -> int:
