@@ -112,6 +112,9 @@ class Store:
             }
         return extra | {
             "input_format_protobuf_oneof_presence": 1,
+            # Decode a segment a few MB at a time, not whole: peak memory of a 100k-span insert 1.19 -> 0.64 GiB
+            # at the same speed, still one part per insert (the insert squashes blocks back together).
+            "input_format_max_block_size_bytes": 4_000_000,
             # multiIf over oneof members is cheaper evaluated flat than with per-row branch masks (measured)
             "short_circuit_function_evaluation": "disable",
         }
