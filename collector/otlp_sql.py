@@ -63,9 +63,9 @@ def render_any(v: str, depth: int, max_depth: int, json: bool) -> str:
     return f"multiIf({', '.join(arms)}, {empty})"
 
 
-def attributes_map(expr: str, depth: int = ATTRIBUTE_DEPTH) -> str:
+def attributes_map(expr: str, depth: int | None = None) -> str:
     """A repeated KeyValue column as Map(LowCardinality(String), String)."""
-    value = render_any("a0.value", 0, depth, False)
+    value = render_any("a0.value", 0, depth or ATTRIBUTE_DEPTH, False)
     return (
         f"CAST((arrayMap(a0 -> a0.key, {expr}), arrayMap(a0 -> {value}, {expr})), "
         f"'Map(LowCardinality(String), String)')"

@@ -100,7 +100,7 @@ class SchemaBuilder:
         )
         return name
 
-    def key_value(self, max_depth: int = ATTRIBUTE_DEPTH) -> str:
+    def key_value(self, max_depth: int) -> str:
         return self.add(f"KeyValue{max_depth}_0", Field("key", "string", 1), Field("value", self.any_value(0, max_depth), 2))
 
     # -- rendering -----------------------------------------------------------------------
@@ -148,8 +148,8 @@ class SchemaBuilder:
         return inner[len("Tuple(") : -1]
 
 
-def _common(b: SchemaBuilder) -> tuple[str, str]:
-    kv = b.key_value()
+def _common(b: SchemaBuilder, attr_depth: int) -> tuple[str, str]:
+    kv = b.key_value(attr_depth)
     resource = b.add("Resource", Field("attributes", kv, 1, repeated=True), Field("dropped_attributes_count", "uint32", 2))
     scope = b.add(
         "InstrumentationScope",
@@ -167,10 +167,10 @@ def _common(b: SchemaBuilder) -> tuple[str, str]:
 TENANT_FIELD = 15
 
 
-def traces_schema() -> SchemaBuilder:
+def traces_schema(attr_depth: int = ATTRIBUTE_DEPTH) -> SchemaBuilder:
     b = SchemaBuilder()
-    kv = b.key_value()
-    resource, scope = _common(b)
+    kv = b.key_value(attr_depth)
+    resource, scope = _common(b, attr_depth)
     event = b.add(
         "Event",
         Field("time_unix_nano", "fixed64", 1),
@@ -220,10 +220,10 @@ def traces_schema() -> SchemaBuilder:
     return b
 
 
-def logs_schema() -> SchemaBuilder:
+def logs_schema(attr_depth: int = ATTRIBUTE_DEPTH) -> SchemaBuilder:
     b = SchemaBuilder()
-    kv = b.key_value()
-    resource, scope = _common(b)
+    kv = b.key_value(attr_depth)
+    resource, scope = _common(b, attr_depth)
     body = b.any_value(0, BODY_DEPTH)
     record = b.add(
         "LogRecord",
@@ -252,10 +252,10 @@ def logs_schema() -> SchemaBuilder:
     return b
 
 
-def metrics_schema() -> SchemaBuilder:
+def metrics_schema(attr_depth: int = ATTRIBUTE_DEPTH) -> SchemaBuilder:
     b = SchemaBuilder()
-    kv = b.key_value()
-    resource, scope = _common(b)
+    kv = b.key_value(attr_depth)
+    resource, scope = _common(b, attr_depth)
     exemplar = b.add(
         "Exemplar",
         Field("time_unix_nano", "fixed64", 2),
