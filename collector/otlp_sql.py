@@ -103,54 +103,65 @@ def _scope_columns(scope: str) -> str:
 _ZERO_TRACE = "unhex('00000000000000000000000000000000')"
 
 
-def traces_insert(database: str = "otel") -> str:
+def _insert_with_mesh(table: str, columns: list[tuple[str, str]], source: str, resource_col: str,
+                      item_col: str) -> str:
+    """INSERT of ``columns`` (name, expression) computed over ``source``, plus the Mesh* columns.
+
+    The Mesh* expressions read the attribute maps as *columns* of a subquery, not as aliases: an alias is
+    copied into every one of its ~60 uses and analysed each time, which cost 0.3 s of CPU per insert."""
+    names = ", ".join(f"`{n}`" for n, _ in columns)
+    inner = ",\n    ".join(f"{e} AS `{n}`" for n, e in columns)
     return f"""
-INSERT INTO {database}.otel_traces (
-    TenantId, Timestamp, TraceId, SpanId, ParentSpanId, TraceState, TraceFlags, SpanName, SpanKind, ServiceName,
-    ResourceAttributes, ResourceSchemaUrl, ResourceDroppedAttributesCount,
-    ScopeName, ScopeVersion, ScopeAttributes, ScopeDroppedAttributesCount, ScopeSchemaUrl,
-    SpanAttributes, DroppedAttributesCount, Duration, StatusCode, StatusMessage,
-    `Events.Timestamp`, `Events.Name`, `Events.Attributes`, `Events.DroppedAttributesCount`, DroppedEventsCount,
-    `Links.TraceId`, `Links.SpanId`, `Links.TraceState`, `Links.Attributes`, `Links.DroppedAttributesCount`,
-    `Links.Flags`, DroppedLinksCount, {_MESH_LIST})
-SELECT
-    tenant,
-    {_ns('sp.start_time_unix_nano')},
-    {_hex('sp.trace_id')},
-    {_hex('sp.span_id')},
-    {_hex('sp.parent_span_id')},
-    sp.trace_state,
-    sp.flags,
-    sp.name,
-    {_enum_text('sp.kind', SPAN_KINDS)},
-    res_attrs['service.name'],
-    res_attrs,
-    rs_schema_url,
-    res_dropped,
-    scope_name,
-    scope_version,
-    scope_attrs,
-    scope_dropped,
-    scope_schema_url,
-    {attributes_map('sp.attributes')} AS span_attrs,
-    sp.dropped_attributes_count,
-    if(sp.end_time_unix_nano > sp.start_time_unix_nano, sp.end_time_unix_nano - sp.start_time_unix_nano, 0),
-    {_enum_text('sp.status.code', STATUS_CODES)},
-    sp.status.message,
-    arrayMap(e -> {_ns('e.time_unix_nano')}, sp.events),
-    arrayMap(e -> e.name, sp.events),
-    arrayMap(e -> {attributes_map('e.attributes')}, sp.events),
-    arrayMap(e -> e.dropped_attributes_count, sp.events),
-    sp.dropped_events_count,
-    arrayMap(l -> {_hex('l.trace_id')}, sp.links),
-    arrayMap(l -> {_hex('l.span_id')}, sp.links),
-    arrayMap(l -> l.trace_state, sp.links),
-    arrayMap(l -> {attributes_map('l.attributes')}, sp.links),
-    arrayMap(l -> l.dropped_attributes_count, sp.links),
-    arrayMap(l -> l.flags, sp.links),
-    sp.dropped_links_count,
-    {_mesh_values('res_attrs', 'span_attrs')}
+INSERT INTO {table} ({names}, {_MESH_LIST})
+SELECT *, {_mesh_values(resource_col, item_col)}
 FROM (
+SELECT
+    {inner}
+{source}
+)
+"""
+
+
+def traces_insert(database: str = "otel") -> str:
+    columns = [
+        ("TenantId", "tenant"),
+        ("Timestamp", _ns("sp.start_time_unix_nano")),
+        ("TraceId", _hex("sp.trace_id")),
+        ("SpanId", _hex("sp.span_id")),
+        ("ParentSpanId", _hex("sp.parent_span_id")),
+        ("TraceState", "sp.trace_state"),
+        ("TraceFlags", "sp.flags"),
+        ("SpanName", "sp.name"),
+        ("SpanKind", _enum_text("sp.kind", SPAN_KINDS)),
+        ("ServiceName", "res_attrs['service.name']"),
+        ("ResourceAttributes", "res_attrs"),
+        ("ResourceSchemaUrl", "rs_schema_url"),
+        ("ResourceDroppedAttributesCount", "res_dropped"),
+        ("ScopeName", "scope_name"),
+        ("ScopeVersion", "scope_version"),
+        ("ScopeAttributes", "scope_attrs"),
+        ("ScopeDroppedAttributesCount", "scope_dropped"),
+        ("ScopeSchemaUrl", "scope_schema_url"),
+        ("SpanAttributes", attributes_map("sp.attributes")),
+        ("DroppedAttributesCount", "sp.dropped_attributes_count"),
+        ("Duration", "if(sp.end_time_unix_nano > sp.start_time_unix_nano, "
+                     "sp.end_time_unix_nano - sp.start_time_unix_nano, 0)"),
+        ("StatusCode", _enum_text("sp.status.code", STATUS_CODES)),
+        ("StatusMessage", "sp.status.message"),
+        ("Events.Timestamp", f"arrayMap(e -> {_ns('e.time_unix_nano')}, sp.events)"),
+        ("Events.Name", "arrayMap(e -> e.name, sp.events)"),
+        ("Events.Attributes", f"arrayMap(e -> {attributes_map('e.attributes')}, sp.events)"),
+        ("Events.DroppedAttributesCount", "arrayMap(e -> e.dropped_attributes_count, sp.events)"),
+        ("DroppedEventsCount", "sp.dropped_events_count"),
+        ("Links.TraceId", f"arrayMap(l -> {_hex('l.trace_id')}, sp.links)"),
+        ("Links.SpanId", f"arrayMap(l -> {_hex('l.span_id')}, sp.links)"),
+        ("Links.TraceState", "arrayMap(l -> l.trace_state, sp.links)"),
+        ("Links.Attributes", f"arrayMap(l -> {attributes_map('l.attributes')}, sp.links)"),
+        ("Links.DroppedAttributesCount", "arrayMap(l -> l.dropped_attributes_count, sp.links)"),
+        ("Links.Flags", "arrayMap(l -> l.flags, sp.links)"),
+        ("DroppedLinksCount", "sp.dropped_links_count"),
+    ]
+    source = f"""FROM (
     SELECT tenant, res_attrs, res_dropped, rs_schema_url, {_scope_columns('ss')}, ss.spans AS spans
     FROM (
         SELECT tenant, {attributes_map('rs.resource.attributes')} AS res_attrs,
@@ -163,8 +174,8 @@ FROM (
 )
 ARRAY JOIN spans AS sp
 WHERE length(sp.trace_id) = 16 AND sp.trace_id != {_ZERO_TRACE} AND length(sp.span_id) = 8
-  AND length(sp.parent_span_id) IN (0, 8)
-"""
+  AND length(sp.parent_span_id) IN (0, 8)"""
+    return _insert_with_mesh(f"{database}.otel_traces", columns, source, "ResourceAttributes", "SpanAttributes")
 
 
 def logs_insert(database: str = "otel") -> str:
@@ -172,38 +183,33 @@ def logs_insert(database: str = "otel") -> str:
     body_type = "multiIf(" + ", ".join(
         f"lr.body.value = '{k}', '{v}'" for k, v in BODY_TYPES.items() if k != "none"
     ) + ", '')"
-    return f"""
-INSERT INTO {database}.otel_logs (
-    TenantId, Timestamp, ObservedTimestamp, TraceId, SpanId, TraceFlags, Flags, SeverityText, SeverityNumber,
-    ServiceName, Body, BodyType, EventName, ResourceSchemaUrl, ResourceAttributes, ResourceDroppedAttributesCount,
-    ScopeSchemaUrl, ScopeName, ScopeVersion, ScopeAttributes, ScopeDroppedAttributesCount,
-    LogAttributes, DroppedAttributesCount, {_MESH_LIST})
-SELECT
-    tenant,
-    {_ns('if(lr.time_unix_nano != 0, lr.time_unix_nano, lr.observed_time_unix_nano)')},
-    {_ns('lr.observed_time_unix_nano')},
-    {_hex('lr.trace_id')},
-    {_hex('lr.span_id')},
-    toUInt8(bitAnd(lr.flags, 255)),
-    lr.flags,
-    lr.severity_text,
-    toUInt8(if(lr.severity_number >= 0 AND lr.severity_number <= 255, lr.severity_number, 0)),
-    res_attrs['service.name'],
-    {body},
-    {body_type},
-    lr.event_name,
-    rs_schema_url,
-    res_attrs,
-    res_dropped,
-    scope_schema_url,
-    scope_name,
-    scope_version,
-    scope_attrs,
-    scope_dropped,
-    mapUpdate({access_log_attributes('lr.body.string_value')}, {attributes_map('lr.attributes')}) AS log_attrs,
-    lr.dropped_attributes_count,
-    {_mesh_values('res_attrs', 'log_attrs')}
-FROM (
+    log_attrs = f"mapUpdate({access_log_attributes('lr.body.string_value')}, {attributes_map('lr.attributes')})"
+    columns = [
+        ("TenantId", "tenant"),
+        ("Timestamp", _ns("if(lr.time_unix_nano != 0, lr.time_unix_nano, lr.observed_time_unix_nano)")),
+        ("ObservedTimestamp", _ns("lr.observed_time_unix_nano")),
+        ("TraceId", _hex("lr.trace_id")),
+        ("SpanId", _hex("lr.span_id")),
+        ("TraceFlags", "toUInt8(bitAnd(lr.flags, 255))"),
+        ("Flags", "lr.flags"),
+        ("SeverityText", "lr.severity_text"),
+        ("SeverityNumber", "toUInt8(if(lr.severity_number >= 0 AND lr.severity_number <= 255, lr.severity_number, 0))"),
+        ("ServiceName", "res_attrs['service.name']"),
+        ("Body", body),
+        ("BodyType", body_type),
+        ("EventName", "lr.event_name"),
+        ("ResourceSchemaUrl", "rs_schema_url"),
+        ("ResourceAttributes", "res_attrs"),
+        ("ResourceDroppedAttributesCount", "res_dropped"),
+        ("ScopeSchemaUrl", "scope_schema_url"),
+        ("ScopeName", "scope_name"),
+        ("ScopeVersion", "scope_version"),
+        ("ScopeAttributes", "scope_attrs"),
+        ("ScopeDroppedAttributesCount", "scope_dropped"),
+        ("LogAttributes", log_attrs),
+        ("DroppedAttributesCount", "lr.dropped_attributes_count"),
+    ]
+    source = f"""FROM (
     SELECT tenant, res_attrs, res_dropped, rs_schema_url, {_scope_columns('sl')}, sl.log_records AS records
     FROM (
         SELECT tenant, {attributes_map('rl.resource.attributes')} AS res_attrs,
@@ -215,8 +221,8 @@ FROM (
     ARRAY JOIN scope_list AS sl
 )
 ARRAY JOIN records AS lr
-WHERE length(lr.trace_id) IN (0, 16) AND length(lr.span_id) IN (0, 8)
-"""
+WHERE length(lr.trace_id) IN (0, 16) AND length(lr.span_id) IN (0, 8)"""
+    return _insert_with_mesh(f"{database}.otel_logs", columns, source, "ResourceAttributes", "LogAttributes")
 
 
 _METRIC_COMMON_COLS = (
