@@ -11,6 +11,7 @@ from aiohttp import web
 
 from meshscope.collector.batcher import Batcher, FlushPolicy
 from meshscope.collector.otlp_grpc import OtlpGrpcReceiver
+from meshscope.collector.loki_push import LokiPushReceiver
 from meshscope.collector.otlp_http import OtlpHttpReceiver
 from meshscope.collector.zipkin import ZipkinReceiver
 from meshscope.query.http_api import QueryApi
@@ -56,6 +57,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         grpc_receiver = OtlpGrpcReceiver(batcher, metrics, opts.max_request_bytes)
         zipkin = ZipkinReceiver(batcher, metrics, opts.max_request_bytes)
         api = QueryApi(metrics)
+        loki = LokiPushReceiver(batcher, metrics, opts.max_request_bytes)
+        api.extra_routes += loki.routes()
 
         runners, sites = [], []
         inflight = InflightRequests()
@@ -79,6 +82,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         receiver.accepting = False
         grpc_receiver.accepting = False
         zipkin.accepting = False
+        loki.accepting = False
         api.ready = False
         # Stop listening, let requests already being read or answered finish, then close the connections.
         for site in sites:

@@ -38,3 +38,21 @@ def test_serve_accepts_zipkin_v2_json(server):
     assert server.stop() == 0
     rows = read_store(server.data_dir, "SELECT TraceId, SpanName, Duration, MeshResponseCode FROM otel.otel_traces")
     assert rows == [("00000000000000005af7183fb1d4cf5f", "get /api", 2_500_000, "200")]
+
+
+def test_serve_accepts_loki_push_on_the_query_port(server):
+    import json
+    import time
+    import urllib.request
+
+    ts = str(time.time_ns() - 60 * 10**9)
+    payload = {"streams": [{"stream": {"job": "varlogs", "namespace": "shop"},
+                            "values": [[ts, "hello from promtail", {"trace_id": "abc"}]]}]}
+    req = urllib.request.Request(server.http_url + "/loki/api/v1/push", data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        assert r.status == 204
+    assert server.stop() == 0
+    rows = read_store(server.data_dir, "SELECT Body, ResourceAttributes['job'], LogAttributes['trace_id'], "
+                                       "MeshNamespace, toString(toUnixTimestamp64Nano(Timestamp)) FROM otel.otel_logs")
+    assert rows == [("hello from promtail", "varlogs", "abc", "shop", ts)]
