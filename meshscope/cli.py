@@ -72,9 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="answer 429 once this many acknowledged rows await the store")
     serve.add_argument("--wal-max-bytes", type=_size, default=1024**3,
                        help="answer 429 once this much acknowledged data awaits the store (default 1GiB)")
+    serve.add_argument("--demo", action="store_true",
+                       help="also run the simulated bookinfo mesh (meshscope demo) against this server")
     serve.add_argument("--wal-fsync", action=argparse.BooleanOptionalAction, default=True,
                        help="acknowledge only after fsync (group commit); --no-wal-fsync trades crash safety "
                             "for speed (data still survives a killed process, not a power loss)")
+    from meshscope.demo import add_demo_arguments
+
+    demo = sub.add_parser("demo", help="send a simulated Istio bookinfo mesh's telemetry over OTLP")
+    add_demo_arguments(demo)
     return parser
 
 
@@ -94,9 +100,15 @@ def main(argv: list[str] | None = None) -> int:
             zipkin_port=args.zipkin_port, http_port=args.http_port,
             max_request_bytes=args.max_request_bytes, flush_rows=args.flush_rows, flush_bytes=args.flush_bytes,
             flush_interval=args.flush_interval, max_buffered_rows=args.max_buffered_rows,
-            wal_max_bytes=args.wal_max_bytes, wal_fsync=args.wal_fsync,
+            wal_max_bytes=args.wal_max_bytes, wal_fsync=args.wal_fsync, demo=args.demo,
         )
         return run_serve(opts)
+    if args.command == "demo":
+        from meshscope.demo import options_from_args, run_demo
+
+        stats = run_demo(options_from_args(args))
+        print(stats.summary())
+        return 0 if stats.export_failures == 0 else 1
     parser.print_help()
     return 2
 

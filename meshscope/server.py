@@ -39,6 +39,7 @@ class ServeOptions:
     max_buffered_rows: int = 2_000_000
     wal_max_bytes: int = 1024**3
     wal_fsync: bool = True
+    demo: bool = False
 
 
 async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
@@ -75,10 +76,20 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
             sites.append(site)
         await grpc_receiver.start(opts.host, opts.otlp_grpc_port)
         api.ready = True
+        demo = None
+        if opts.demo:
+            from meshscope.demo import DemoOptions, start_demo_thread
+
+            demo = start_demo_thread(DemoOptions(otlp=f"http://127.0.0.1:{opts.otlp_http_port}"))
+            log.info("demo traffic: a simulated bookinfo mesh is sending to this server")
         log.info("meshscope serving on %s: OTLP/HTTP :%d, OTLP/gRPC :%d, Zipkin :%d, query :%d, store %s", opts.host,
                  opts.otlp_http_port, opts.otlp_grpc_port, opts.zipkin_port, opts.http_port, store.describe())
         await stop.wait()
         log.info("shutting down: refusing new data, flushing buffers")
+        if demo is not None:
+            demo_thread, demo_stop = demo
+            demo_stop.set()
+            await asyncio.to_thread(demo_thread.join, 30)  # its final flush still reaches us
         receiver.accepting = False
         grpc_receiver.accepting = False
         zipkin.accepting = False
