@@ -55,8 +55,12 @@ def _pod_to_workload(pod: str) -> str:
     return f"replaceRegexpOne(replaceRegexpOne({pod}, '-[a-z0-9]{{6,10}}-[a-z0-9]{{5}}$', ''), '-[0-9]+$', '')"
 
 
-def identity_columns(ra: str, a: str) -> dict[str, str]:
-    """Expressions for every Mesh* column from a resource map ``ra`` and an item attribute map ``a``."""
+def identity_columns(ra: str, a: str, client_side: str | None = None) -> dict[str, str]:
+    """Expressions for every Mesh* column from a resource map ``ra`` and an item attribute map ``a``.
+
+    ``client_side`` is SQL that is true when the item describes the calling side (CLIENT or PRODUCER spans):
+    only there do ``server.address`` and friends name a peer; on a server span they name the service itself.
+    By default an item counts as client side when Envoy routed it to an outbound cluster."""
 
     def r(key: str) -> str:
         return f"{ra}[{_lit(key)}]"
@@ -68,7 +72,7 @@ def identity_columns(ra: str, a: str) -> dict[str, str]:
     node_pod_ns = f"splitByChar('~', {s('node_id')})[3]"
     node_pod = f"if(position({node_pod_ns}, '.') > 0, substring({node_pod_ns}, 1, position({node_pod_ns}, '.') - 1), '')"
     node_ns = f"if(position({node_pod_ns}, '.') > 0, substring({node_pod_ns}, position({node_pod_ns}, '.') + 1), '')"
-    is_envoy = f"({s('node_id')} != '' OR {s('component')} = 'proxy')"
+    is_envoy = f"({s('node_id')} != '' OR {s('component')} = 'proxy' OR {s('upstream_cluster')} != '')"
     service = r("service.name")
     # Istio's Envoy names itself <app>.<namespace> (tracingServiceName APP_LABEL_AND_NAMESPACE).
     envoy_app_ns = f"if({is_envoy} AND match({service}, '^[^.]+\\\\.[^.]+$'), splitByChar('.', {service}), [])"
@@ -76,6 +80,11 @@ def identity_columns(ra: str, a: str) -> dict[str, str]:
     # outbound|9080||reviews.bookinfo.svc.cluster.local -> reviews.bookinfo.svc.cluster.local
     upstream = first(s("upstream_cluster"), s("upstream_cluster.name"))
     upstream_host = f"if(startsWith({upstream}, 'outbound|'), splitByChar('|', {upstream})[4], '')"
+    calling = client_side or f"startsWith({upstream}, 'outbound|')"
+
+    def peer(expr: str) -> str:
+        return f"if({calling}, {expr}, '')"
+
     workload = first(
         r("k8s.deployment.name"), r("k8s.statefulset.name"), r("k8s.daemonset.name"), r("k8s.job.name"),
         r("k8s.cronjob.name"), r("linkerd.io/proxy-deployment"), r("workload"), s("workload"),
@@ -99,8 +108,8 @@ def identity_columns(ra: str, a: str) -> dict[str, str]:
         "MeshVersion": first(s("istio.canonical_revision"), r("service.istio.io/canonical-revision"),
                              r("app.kubernetes.io/version"), r("version"), s("version"), r("service.version")),
         "MeshProxy": f"multiIf({is_envoy}, 'envoy', {is_linkerd}, 'linkerd', '')",
-        "MeshPeerService": first(s("service.peer.name"), s("peer.service"), upstream_host, s("server.address"),
-                                 s("net.peer.name"), s("authority")),
+        "MeshPeerService": first(s("service.peer.name"), s("peer.service"), upstream_host, peer(s("server.address")),
+                                 peer(s("net.peer.name")), peer(s("authority"))),
         "MeshProtocol": f"multiIf({grpc_hint}, 'grpc', {http_hint}, 'http', {tcp_hint}, 'tcp', '')",
         "MeshHttpMethod": first(s("http.request.method"), s("http.method"), s("method")),
         "MeshResponseCode": first(s("http.response.status_code"), s("http.status_code"), s("response_code")),

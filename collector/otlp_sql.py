@@ -88,8 +88,8 @@ def _enum_text(expr: str, names: list[str]) -> str:
 _MESH_LIST = ", ".join(MESH_COLUMNS)
 
 
-def _mesh_values(resource_map: str, item_map: str) -> str:
-    cols = identity_columns(resource_map, item_map)
+def _mesh_values(resource_map: str, item_map: str, client_side: str | None = None) -> str:
+    cols = identity_columns(resource_map, item_map, client_side)
     return ",\n    ".join(cols[c] for c in MESH_COLUMNS)
 
 
@@ -104,7 +104,7 @@ _ZERO_TRACE = "unhex('00000000000000000000000000000000')"
 
 
 def _insert_with_mesh(table: str, columns: list[tuple[str, str]], source: str, resource_col: str,
-                      item_col: str) -> str:
+                      item_col: str, client_side: str | None = None) -> str:
     """INSERT of ``columns`` (name, expression) computed over ``source``, plus the Mesh* columns.
 
     The Mesh* expressions read the attribute maps as *columns* of a subquery, not as aliases: an alias is
@@ -113,7 +113,7 @@ def _insert_with_mesh(table: str, columns: list[tuple[str, str]], source: str, r
     inner = ",\n    ".join(f"{e} AS `{n}`" for n, e in columns)
     return f"""
 INSERT INTO {table} ({names}, {_MESH_LIST})
-SELECT *, {_mesh_values(resource_col, item_col)}
+SELECT *, {_mesh_values(resource_col, item_col, client_side)}
 FROM (
 SELECT
     {inner}
@@ -175,7 +175,8 @@ def traces_insert(database: str = "otel") -> str:
 ARRAY JOIN spans AS sp
 WHERE length(sp.trace_id) = 16 AND sp.trace_id != {_ZERO_TRACE} AND length(sp.span_id) = 8
   AND length(sp.parent_span_id) IN (0, 8)"""
-    return _insert_with_mesh(f"{database}.otel_traces", columns, source, "ResourceAttributes", "SpanAttributes")
+    return _insert_with_mesh(f"{database}.otel_traces", columns, source, "ResourceAttributes", "SpanAttributes",
+                             "SpanKind IN ('SPAN_KIND_CLIENT', 'SPAN_KIND_PRODUCER')")
 
 
 def logs_insert(database: str = "otel") -> str:

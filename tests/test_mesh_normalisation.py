@@ -94,6 +94,12 @@ def test_sdk_span_with_k8s_resource(store, tmp_path):
     assert (m["MeshProxy"], m["MeshProtocol"], m["MeshResponseCode"]) == ("", "http", "200")
 
 
+def test_server_address_names_a_peer_only_on_client_spans(store, tmp_path):
+    server_side = mesh_of_span(store, tmp_path, {"service.name": "reviews"}, {"server.address": "reviews"}, kind=2)
+    client_side = mesh_of_span(store, tmp_path, {"service.name": "productpage"}, {"server.address": "reviews"}, kind=3)
+    assert (server_side["MeshPeerService"], client_side["MeshPeerService"]) == ("", "reviews")
+
+
 def test_workload_from_pod_name_when_no_owner_attribute(store, tmp_path):
     m = mesh_of_span(store, tmp_path, {"service.name": "cart", "k8s.pod.name": "cart-7c9d8b5f4b-q2w3e"}, {})
     assert m["MeshWorkload"] == "cart"
@@ -172,6 +178,8 @@ def test_istio_access_log_body_is_parsed_into_attributes(store, tmp_path):
     assert (m["MeshResponseCode"], m["MeshHttpMethod"], m["MeshRequestId"], m["MeshProtocol"]) == (
         "418", "GET", "84961386-6d84-929d-98bd-c5aee93b5c88", "http")
     assert m["Body"] == ISTIO_ACCESS_LOG, "the raw body stays"
+    assert m["MeshProxy"] == "envoy"
+    assert m["MeshPeerService"] == "", "an inbound access log names no peer (its authority is the service itself)"
 
 
 def test_plain_log_lines_get_no_access_log_attributes(store, tmp_path):
