@@ -32,6 +32,8 @@ from meshscope.store import Store, StoreError
 log = logging.getLogger("meshscope.batcher")
 
 SIGNALS = ("traces", "logs", "metrics")
+ISOLATE_AFTER = 3  # attempts before a segment the store refuses (not an outage) is taken apart
+FINAL_ATTEMPTS = 3  # attempts per segment during the shutdown flush before leaving it to the next start
 
 
 class BufferFull(Exception):
@@ -284,10 +286,18 @@ class Batcher:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _drain(self, signal: str, final: bool = False) -> None:
-        """Insert pending segments of one signal until none is left that no other worker holds."""
+        """Insert pending segments of one signal until none is left that no other worker holds.
+
+        A failing insert is retried with backoff. A segment the store keeps refusing for a reason that is not
+        an outage (``retryable`` is false) is taken apart record by record after ``ISOLATE_AFTER`` attempts, so
+        one bad request cannot hold back the others. Workers give up once shutdown starts; the final drain
+        tries a few times, then leaves what is left in the WAL for the next start."""
         buf = self.buffers[signal]
+        attempts: dict[str, int] = {}
         try:
             while True:
+                if self._stopping and not final:
+                    return
                 seg = next((s for s in buf.pending if s.path not in self._inflight), None)
                 if seg is None:
                     return
@@ -297,17 +307,20 @@ class Batcher:
                 except StoreError as e:
                     self.failures_in_a_row += 1
                     self.metrics.insert_failures.labels(signal).inc()
-                    delay = min(30.0, 0.5 * 2 ** min(self.failures_in_a_row, 6))
-                    log.warning("insert of %s segment %s failed (%s); retrying in %.1fs", signal,
-                                os.path.basename(seg.path), e, delay)
-                    if _looks_unparseable(str(e)):
+                    n = attempts[seg.path] = attempts.get(seg.path, 0) + 1
+                    if _looks_unparseable(str(e)) or (not e.retryable and n >= ISOLATE_AFTER):
+                        log.warning("store refuses %s segment %s (%s); inserting its requests one by one", signal,
+                                    os.path.basename(seg.path), e)
                         await self._isolate(signal, seg)
                         continue
-                    if final and self.failures_in_a_row > 8:
-                        log.error("giving up on %s at shutdown; %d segment(s) stay in %s for the next start",
-                                  signal, len(buf.pending), buf.dir)
+                    if final and n >= FINAL_ATTEMPTS:
+                        log.error("giving up on %s at shutdown (%s); %d segment(s) stay in %s for the next start",
+                                  signal, e, len(buf.pending), buf.dir)
                         return
-                    await asyncio.sleep(delay)
+                    delay = 0.5 if final else min(30.0, 0.5 * 2 ** min(self.failures_in_a_row, 6))
+                    log.warning("insert of %s segment %s failed (%s); retrying in %.1fs", signal,
+                                os.path.basename(seg.path), e, delay)
+                    await self._sleep_unless_stopping(delay, final)
                     continue
                 finally:
                     self._inflight.discard(seg.path)
@@ -316,9 +329,16 @@ class Batcher:
                 os.unlink(seg.path)
                 self.metrics.buffered.labels(signal).set(buf.buffered_rows)
                 self.metrics.buffered_bytes.labels(signal).set(buf.buffered_bytes)
+        except Exception:  # never let a worker die silently with acknowledged data behind it
+            log.exception("flush worker for %s failed; the WAL keeps the data for the next attempt", signal)
         finally:
             if not final:
                 self._workers[signal] -= 1
+
+    async def _sleep_unless_stopping(self, delay: float, final: bool) -> None:
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and (final or not self._stopping):
+            await asyncio.sleep(min(0.1, deadline - time.monotonic()))
 
     async def _insert_segment(self, signal: str, seg: Segment) -> None:
         wire = WIRE[signal]
@@ -330,7 +350,7 @@ class Batcher:
                 if not seg.kinds.get(kind):
                     continue
             if self._fault_file and os.path.exists(self._fault_file):
-                raise StoreError("injected store fault (MESHSCOPE_TEST_STORE_FAULT_FILE exists)")
+                raise StoreError("injected store fault (MESHSCOPE_TEST_STORE_FAULT_FILE exists)", retryable=True)
             # The token makes a replay after a crash between insert and segment deletion a no-op.
             token = f"{os.path.basename(seg.path)}:{table}"
             t0 = time.perf_counter()
@@ -412,9 +432,11 @@ def sanitize_record(signal: str, record: bytes) -> bytes:
     from meshscope.collector import validate
 
     msg = validate.parse(signal, record_body(record))
-    tenant = next((f.data.decode() for f in UnknownFieldSet(msg) if f.field_number == TENANT_FIELD), None)
-    if tenant is None:
+    # the envelope's tenant is the last field 15 (the receivers keep no top-level unknown fields of their own)
+    tenants = [f.data for f in UnknownFieldSet(msg) if f.field_number == TENANT_FIELD and isinstance(f.data, bytes)]
+    if not tenants:
         raise ValueError("record has no tenant field")
+    tenant = tenants[-1].decode(errors="replace")
     msg.DiscardUnknownFields()
     return envelope(msg.SerializeToString(), tenant)
 

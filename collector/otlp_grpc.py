@@ -150,7 +150,8 @@ class OtlpGrpcReceiver:
         counted = validate.count(signal, msg)
         self.metrics.received.labels(signal, "grpc").inc(counted.items)
         if counted.accepted > 0:
-            await self.batcher.submit(signal, envelope(body, tenant), counted.accepted, counted.kinds or None)
+            payload = validate.storable_bytes(msg, body)
+            await self.batcher.submit(signal, envelope(payload, tenant), counted.accepted, counted.kinds or None)
         if counted.rejected:
             self.metrics.rejected.labels(signal, "invalid").inc(counted.rejected)
         self.metrics.requests.labels(signal, "grpc", "OK").inc()

@@ -160,7 +160,7 @@ class OtlpHttpReceiver:
                 msg = validate.parse(signal, body)
             except validate.DecodeFailed as e:
                 raise RequestError(400, str(e)) from e
-            payload = body
+            payload = validate.storable_bytes(msg, body)
         counted = validate.count(signal, msg)
         self.metrics.received.labels(signal, "http").inc(counted.items)
         if counted.accepted > 0:

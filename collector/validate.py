@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -46,6 +47,18 @@ def parse(signal: str, body: bytes):
     except (DecodeError, RuntimeError, ValueError) as e:
         # upb raises DecodeError for malformed input and RuntimeError past its recursion limit
         raise DecodeFailed(f"cannot decode {REQUEST_TYPES[signal].__name__}: {e}") from e
+
+
+def storable_bytes(msg, body: bytes) -> bytes:
+    """The bytes to put in the WAL: the client's own, unless they carry top-level unknown fields.
+
+    The envelope appends the tenant as a top-level field, so a client's own top-level field of that number would
+    override it (or, with another wire type, poison the segment). No OTLP client sends top-level unknown fields;
+    when one does, the request is re-encoded without unknown fields (slow, rare)."""
+    if next(iter(UnknownFieldSet(msg)), None) is None:
+        return body
+    msg.DiscardUnknownFields()
+    return msg.SerializeToString()
 
 
 def count(signal: str, msg) -> Counted:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -29,8 +30,32 @@ import clickhouse_connect
 from meshscope.sqlutil import quote_string
 
 
+# ClickHouse error codes that mean "try again later" rather than "this data cannot go in".
+_RETRYABLE_CODES = {
+    159,  # TIMEOUT_EXCEEDED
+    202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+    209, 210,  # SOCKET_TIMEOUT, NETWORK_ERROR
+    241,  # MEMORY_LIMIT_EXCEEDED
+    242,  # TABLE_IS_READ_ONLY
+    243,  # NOT_ENOUGH_SPACE
+    252,  # TOO_MANY_PARTS (merges behind)
+    319,  # UNKNOWN_STATUS_OF_INSERT
+    425,  # SYSTEM_ERROR
+}
+
+
 class StoreError(RuntimeError):
-    """A store operation failed; the message is safe to show to a user."""
+    """A store operation failed; the message is safe to show to a user.
+
+    ``retryable``: an outage or overload (connection, disk, memory, merges behind), as opposed to the store
+    refusing this particular data."""
+
+    def __init__(self, message: str, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is None:
+            m = re.search(r"Code: (\d+)", message)
+            retryable = m is None or int(m.group(1)) in _RETRYABLE_CODES
+        self.retryable = retryable
 
 
 @dataclass
@@ -112,6 +137,8 @@ class Store:
             }
         return extra | {
             "input_format_protobuf_oneof_presence": 1,
+            # Backfills and clock skew can span many days (one partition per day); never refuse them for that.
+            "max_partitions_per_insert_block": 0,
             # Decode a segment a few MB at a time, not whole: peak memory of a 100k-span insert 1.19 -> 0.64 GiB
             # at the same speed, still one part per insert (the insert squashes blocks back together).
             "input_format_max_block_size_bytes": 4_000_000,
