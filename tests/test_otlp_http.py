@@ -270,9 +270,10 @@ def test_json_traces_and_logs_200(server):
 
     stop_ok(server)
     rows = read_store(server.data_dir, """
-        SELECT 'span', TraceId, SpanId, ParentSpanId, SpanName, ServiceName, SpanAttributes['http.status_code']
+        SELECT * FROM (
+        SELECT 'span' AS s, TraceId, SpanId, ParentSpanId, SpanName, ServiceName, SpanAttributes['http.status_code']
         FROM otel.otel_traces
-        UNION ALL SELECT 'log', TraceId, SpanId, '', Body, '', '' FROM otel.otel_logs ORDER BY 1 DESC""")
+        UNION ALL SELECT 'log', TraceId, SpanId, '', Body, '', '' FROM otel.otel_logs) ORDER BY s DESC""")
     assert rows == [("span", tid, sid, parent, "GET /json", "json-svc", "200"),
                     ("log", tid, sid, "", "hello json", "", "")], rows
 
