@@ -103,10 +103,13 @@ class SignalBuffer:
         return max(nums, default=0) + 1
 
     def recover(self) -> list[Segment]:
-        """Segments left by an earlier process, oldest first. Their row counts are unknown (-1)."""
+        """Segments left by an earlier process, oldest first, with their rows counted again."""
         found = sorted((int(m.group(1)), n) for n in os.listdir(self.dir) if (m := _SEGMENT_RE.fullmatch(n)))
-        segs = [Segment(os.path.join(self.dir, n), rows=-1, bytes=os.path.getsize(os.path.join(self.dir, n)))
-                for _, n in found]
+        segs = []
+        for _, n in found:
+            path = os.path.join(self.dir, n)
+            rows, kinds = count_records(self.signal, _records(path))
+            segs.append(Segment(path, rows=rows, bytes=os.path.getsize(path), kinds=kinds))
         self.pending.extend(s for s in segs if s.bytes > 0)
         for s in segs:
             if s.bytes == 0:
@@ -250,8 +253,8 @@ class Batcher:
                             for s, b in self.buffers.items() if b.fsync]
         self._wake.set()
 
-    async def stop(self) -> None:
-        """Flush everything that was acknowledged, then stop the loop."""
+    async def stop(self) -> int:
+        """Flush everything that was acknowledged, then stop the loop. Returns the segments left in the WAL."""
         self._stopping = True
         self._wake.set()
         if self._task:
@@ -261,6 +264,7 @@ class Batcher:
             await self._drain(signal, final=True)
         for t in getattr(self, "_sync_tasks", []):
             t.cancel()
+        return sum(len(b.pending) for b in self.buffers.values())
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -367,40 +371,73 @@ class Batcher:
                 self.metrics.inserted.labels(signal, table).inc(n)
 
     async def _isolate(self, signal: str, seg: Segment) -> None:
-        """The store rejected a segment as unparseable: insert record by record, quarantine the bad ones."""
-        qdir = os.path.join(self.wal_dir, "quarantine")
-        os.makedirs(qdir, exist_ok=True)
+        """The store refuses a segment: bisect it until the requests it refuses are found, insert the rest.
+
+        Halves are named after their record range, so a replay after a crash splits the same way and the
+        dedup tokens still match. A single refused request is re-encoded once (``sanitize_record``) and
+        otherwise moved to ``wal/quarantine``."""
         records = list(_records(seg.path))
-        for i, rec in enumerate(records):
-            one = f"{seg.path}.{i}.one"
-            with open(one, "wb") as f:
-                f.write(rec)
-            single = Segment(one, rows=-1, bytes=len(rec))
-            try:
-                await self._insert_segment(signal, single)
-                os.unlink(one)
-                continue
-            except StoreError as e:
-                first_error = e
-            # upb accepted it but ClickHouse does not: typically a known field sent with another wire type,
-            # which upb keeps as an unknown field. Re-encode without unknown fields and try once more.
-            clean = f"{one}.clean"
-            try:
-                with open(clean, "wb") as f:
-                    f.write(sanitize_record(signal, rec))
-                await self._insert_segment(signal, Segment(clean, rows=-1, bytes=os.path.getsize(clean)))
-                os.unlink(one)
-                continue
-            except (StoreError, ValueError) as e:
-                log.error("quarantining one %s request the store cannot read: %s / %s", signal, first_error, e)
-                self.metrics.quarantined.labels(signal).inc()
-                shutil.move(one, os.path.join(qdir, f"{signal}-{os.path.basename(one)}"))
-            finally:
-                if os.path.exists(clean):
-                    os.unlink(clean)
-        buf = self.buffers[signal]
-        buf.pending.remove(seg)
+        await self._insert_range(signal, seg, records, 0, len(records))
+        self.buffers[signal].pending.remove(seg)
         os.unlink(seg.path)
+
+    async def _insert_range(self, signal: str, seg: Segment, records: list[bytes], lo: int, hi: int) -> None:
+        if lo >= hi:
+            return
+        piece = _write_piece(signal, f"{seg.path}.{lo}-{hi}.piece", records[lo:hi])
+        try:
+            await self._insert_segment(signal, piece)
+            return
+        except StoreError as e:
+            error = e
+        finally:
+            os.unlink(piece.path)
+        if hi - lo > 1:
+            mid = (lo + hi) // 2
+            await self._insert_range(signal, seg, records, lo, mid)
+            await self._insert_range(signal, seg, records, mid, hi)
+            return
+        # upb accepted it but ClickHouse does not: typically a known field sent with another wire type, which
+        # upb keeps as an unknown field. Re-encode without unknown fields and try once more.
+        try:
+            clean = _write_piece(signal, f"{seg.path}.{lo}.clean", [sanitize_record(signal, records[lo])])
+            try:
+                await self._insert_segment(signal, clean)
+                return
+            finally:
+                os.unlink(clean.path)
+        except (StoreError, ValueError) as e:
+            qdir = os.path.join(self.wal_dir, "quarantine")
+            os.makedirs(qdir, exist_ok=True)
+            log.error("quarantining one %s request the store cannot read: %s / %s", signal, error, e)
+            self.metrics.quarantined.labels(signal).inc()
+            with open(os.path.join(qdir, f"{signal}-{os.path.basename(seg.path)}.{lo}"), "wb") as f:
+                f.write(records[lo])
+
+
+def _write_piece(signal: str, path: str, records: list[bytes]) -> Segment:
+    with open(path, "wb") as f:
+        for rec in records:
+            f.write(rec)
+    rows, kinds = count_records(signal, records)
+    return Segment(path, rows=rows, bytes=sum(len(r) for r in records), kinds=kinds)
+
+
+def count_records(signal: str, records) -> tuple[int, dict[str, int]]:
+    """Rows the store will take from these envelope records (the receivers' rules), per metric kind too."""
+    from meshscope.collector import validate
+
+    rows = 0
+    kinds: dict[str, int] = {}
+    for rec in records:
+        try:
+            c = validate.count(signal, validate.parse(signal, record_body(rec)))
+        except validate.DecodeFailed:
+            continue
+        rows += c.accepted
+        for k, n in c.kinds.items():
+            kinds[k] = kinds.get(k, 0) + n
+    return rows, kinds
 
 
 def _records(path: str):

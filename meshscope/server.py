@@ -102,8 +102,12 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         for runner in runners:
             await runner.cleanup()
         await grpc_receiver.stop(5)
-        await batcher.stop()
-        log.info("all acknowledged data is in the store; bye")
+        left = await batcher.stop()
+        if left:
+            log.warning("the store did not take everything: %d segment(s) stay in the WAL and are inserted at the "
+                        "next start", left)
+        else:
+            log.info("all acknowledged data is in the store; bye")
     finally:
         store.close()
 
