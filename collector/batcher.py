@@ -45,7 +45,7 @@ class BufferFull(Exception):
 @dataclass
 class FlushPolicy:
     rows: int = 200_000
-    bytes: int = 64 * 1024 * 1024
+    bytes: int = 48 * 1024 * 1024
     interval: float = 1.0
     max_buffered_rows: int = 2_000_000
     max_wal_bytes: int = 1024**3  # acknowledged bytes on disk awaiting the store; past this: 429
@@ -203,7 +203,7 @@ class Batcher:
     """Owns the buffers and the flush loop; the receivers call ``submit``."""
 
     def __init__(self, store: Store, data_dir: str, policy: FlushPolicy, metrics: SelfMetrics,
-                 insert_workers: int = 2) -> None:
+                 insert_workers: int = 1) -> None:
         self.store = store
         self.policy = policy
         self.metrics = metrics
@@ -277,8 +277,8 @@ class Batcher:
             for signal, buf in self.buffers.items():
                 if buf.due(self.policy, now):
                     await buf.rotate()
-                # Up to `insert_workers` inserts per signal at once: one insert decodes its segment on one
-                # core, and chDB runs separate connections in parallel.
+                # Up to `insert_workers` inserts per signal at once (separate chDB connections run in parallel;
+                # on 2 cores one insert already keeps both busy, so the default is 1).
                 idle = sum(1 for s in buf.pending if s.path not in self._inflight)
                 while idle > 0 and self._workers[signal] < self.insert_workers:
                     self._workers[signal] += 1

@@ -65,9 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-request-bytes", type=_size, default=32 * 1024 * 1024,
                        help="largest accepted request body, also after gzip inflation (default 32MiB)")
     serve.add_argument("--flush-rows", type=int, default=200_000, help="flush a buffer at this many rows")
-    serve.add_argument("--flush-bytes", type=_size, default=64 * 1024 * 1024, help="flush a buffer at this size")
+    serve.add_argument("--flush-bytes", type=_size, default=48 * 1024 * 1024,
+                       help="flush a buffer at this size (default 48MiB: bounds the memory of one insert)")
     serve.add_argument("--flush-interval", type=_duration, default=1.0,
                        help="flush a buffer this long after its first write (default 1s)")
+    serve.add_argument("--insert-workers", type=int, default=1,
+                       help="concurrent inserts per signal (default 1: one chDB insert already uses several "
+                            "threads; a second one added memory, not throughput, on 2 cores)")
     serve.add_argument("--max-buffered-rows", type=int, default=2_000_000,
                        help="answer 429 once this many acknowledged rows await the store")
     serve.add_argument("--wal-max-bytes", type=_size, default=1024**3,
@@ -92,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from meshscope.server import ServeOptions, run_serve
 
-        if args.flush_rows < 1 or args.max_buffered_rows < 1:
-            parser.error("--flush-rows and --max-buffered-rows must be positive")
+        if args.flush_rows < 1 or args.max_buffered_rows < 1 or not 1 <= args.insert_workers <= 16:
+            parser.error("--flush-rows and --max-buffered-rows must be positive, --insert-workers 1-16")
         opts = ServeOptions(
             data_dir=args.data, clickhouse_url=args.clickhouse, retention_days=max(1, round(args.retention / 86400)),
             host=args.host, otlp_http_port=args.otlp_http_port, otlp_grpc_port=args.otlp_grpc_port,
@@ -101,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             max_request_bytes=args.max_request_bytes, flush_rows=args.flush_rows, flush_bytes=args.flush_bytes,
             flush_interval=args.flush_interval, max_buffered_rows=args.max_buffered_rows,
             wal_max_bytes=args.wal_max_bytes, wal_fsync=args.wal_fsync, demo=args.demo,
+            insert_workers=args.insert_workers,
         )
         return run_serve(opts)
     if args.command == "demo":

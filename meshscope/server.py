@@ -34,12 +34,13 @@ class ServeOptions:
     http_port: int = 3100
     max_request_bytes: int = 32 * 1024 * 1024
     flush_rows: int = 200_000
-    flush_bytes: int = 64 * 1024 * 1024
+    flush_bytes: int = 48 * 1024 * 1024
     flush_interval: float = 1.0
     max_buffered_rows: int = 2_000_000
     wal_max_bytes: int = 1024**3
     wal_fsync: bool = True
     demo: bool = False
+    insert_workers: int = 1
 
 
 async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
@@ -52,7 +53,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         policy = FlushPolicy(rows=opts.flush_rows, bytes=opts.flush_bytes, interval=opts.flush_interval,
                              max_buffered_rows=opts.max_buffered_rows, max_wal_bytes=opts.wal_max_bytes,
                              fsync=opts.wal_fsync)
-        batcher = Batcher(store, opts.data_dir, policy, metrics)
+        batcher = Batcher(store, opts.data_dir, policy, metrics, insert_workers=opts.insert_workers)
         await batcher.start()
         receiver = OtlpHttpReceiver(batcher, metrics, opts.max_request_bytes)
         grpc_receiver = OtlpGrpcReceiver(batcher, metrics, opts.max_request_bytes)
