@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from meshscope.collector import otlp_sql
-from meshscope.collector.otlp_wire import TENANT_FIELD, WIRE, envelope, record_body
+from meshscope.collector.otlp_wire import TENANT_FIELD, WIRE, envelope, read_varint, record_body
 from meshscope.selfmetrics import SelfMetrics
 from meshscope.store import Store, StoreError
 
@@ -446,19 +446,14 @@ def _records(path: str):
         data = f.read()
     pos = 0
     while pos < len(data):
-        start = pos
-        n = shift = 0
-        while True:
-            b = data[pos]
-            pos += 1
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        end = pos + n
-        if end > len(data):
+        got = read_varint(data, pos)
+        if got is None:
             return  # torn tail write: the request was never acknowledged
-        yield data[start:end]
+        n, body_start = got
+        end = body_start + n
+        if end > len(data):
+            return  # torn tail write
+        yield data[pos:end]
         pos = end
 
 

@@ -401,14 +401,23 @@ def envelope(request_bytes: bytes, tenant: str) -> bytes:
 
 
 
-def record_body(record: bytes) -> bytes:
-    """One record without its length prefix: parses as the Export*ServiceRequest (tenant = unknown field 15)."""
-    n = shift = pos = 0
-    while True:
-        b = record[pos]
+def read_varint(data: bytes, pos: int) -> tuple[int, int] | None:
+    """The varint at ``pos`` and the position after it; None when the data ends inside it (a torn write)."""
+    n = shift = 0
+    while pos < len(data) and shift < 64:
+        b = data[pos]
         pos += 1
         n |= (b & 0x7F) << shift
         shift += 7
         if not b & 0x80:
-            break
+            return n, pos
+    return None
+
+
+def record_body(record: bytes) -> bytes:
+    """One record without its length prefix: parses as the Export*ServiceRequest (tenant = unknown field 15)."""
+    got = read_varint(record, 0)
+    if got is None:
+        raise ValueError("record has no complete length prefix")
+    n, pos = got
     return record[pos:pos + n]

@@ -72,3 +72,13 @@ def test_envelope_is_the_request_plus_a_tenant_field():
     again = trace_service_pb2.ExportTraceServiceRequest.FromString(rec[1:])
     assert again.resource_spans[0].resource.attributes[0].value.string_value == "x"
     assert rec.endswith(b"team-a")
+
+
+def test_segment_reader_stops_at_a_torn_tail(tmp_path):
+    from meshscope.collector.batcher import _records
+
+    good = envelope(b"\x0a\x00", "a") + envelope(b"", "b")
+    for tail in (b"", b"\x80", b"\xff\xff", envelope(b"\x0a\x00" * 50, "c")[:7]):
+        path = tmp_path / "s.seg"
+        path.write_bytes(good + tail)
+        assert list(_records(str(path))) == [envelope(b"\x0a\x00", "a"), envelope(b"", "b")]
