@@ -20,7 +20,6 @@ import asyncio
 import logging
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 

@@ -26,9 +26,8 @@ from google.rpc import error_details_pb2, status_pb2
 
 from meshscope.collector import validate
 from meshscope.collector.batcher import Batcher, BufferFull
-from meshscope.collector.otlp_http import RESPONSES
+from meshscope.collector.otlp_http import accept_export
 from meshscope.collector.tenant import TenantError, tenant_from_header
-from meshscope.collector.otlp_wire import envelope
 from meshscope.selfmetrics import SelfMetrics
 
 log = logging.getLogger("meshscope.otlp_grpc")
@@ -147,17 +146,7 @@ class OtlpGrpcReceiver:
             msg = validate.parse(signal, body)
         except validate.DecodeFailed as e:
             raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, str(e), "malformed") from e
-        counted = validate.count(signal, msg)
-        self.metrics.received.labels(signal, "grpc").inc(counted.items)
-        if counted.accepted > 0:
-            payload = validate.storable_bytes(msg, body)
-            await self.batcher.submit(signal, envelope(payload, tenant), counted.accepted, counted.kinds or None)
-        if counted.rejected:
-            self.metrics.rejected.labels(signal, "invalid").inc(counted.rejected)
+        payload = validate.storable_bytes(msg, body)
+        resp = await accept_export(self.batcher, self.metrics, signal, "grpc", msg, payload, tenant)
         self.metrics.requests.labels(signal, "grpc", "OK").inc()
-        resp_type, field = RESPONSES[signal]
-        resp = resp_type()
-        if counted.rejected:
-            setattr(resp.partial_success, field, counted.rejected)
-            resp.partial_success.error_message = "; ".join(counted.reasons)
         return resp.SerializeToString()

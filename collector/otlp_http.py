@@ -161,19 +161,27 @@ class OtlpHttpReceiver:
             except validate.DecodeFailed as e:
                 raise RequestError(400, str(e)) from e
             payload = validate.storable_bytes(msg, body)
-        counted = validate.count(signal, msg)
-        self.metrics.received.labels(signal, "http").inc(counted.items)
-        if counted.accepted > 0:
-            await self.batcher.submit(signal, envelope(payload, tenant), counted.accepted, counted.kinds or None)
-        if counted.rejected:
-            self.metrics.rejected.labels(signal, "invalid").inc(counted.rejected)
+        resp = await accept_export(self.batcher, self.metrics, signal, "http", msg, payload, tenant)
         self.metrics.requests.labels(signal, "http", "200").inc()
-        resp_type, field = RESPONSES[signal]
-        resp = resp_type()
-        if counted.rejected:
-            setattr(resp.partial_success, field, counted.rejected)
-            resp.partial_success.error_message = "; ".join(counted.reasons)
         return _reply(resp, encoding)
+
+
+async def accept_export(batcher: Batcher, metrics: SelfMetrics, signal: str, protocol: str, msg, payload: bytes,
+                        tenant: str):
+    """What every OTLP receiver does with a decoded request: count it, append what the store will keep to the
+    WAL (durably), and answer with the Export*ServiceResponse, ``partial_success`` included."""
+    counted = validate.count(signal, msg)
+    metrics.received.labels(signal, protocol).inc(counted.items)
+    if counted.accepted > 0:
+        await batcher.submit(signal, envelope(payload, tenant), counted.accepted, counted.kinds or None)
+    if counted.rejected:
+        metrics.rejected.labels(signal, "invalid").inc(counted.rejected)
+    resp_type, field = RESPONSES[signal]
+    resp = resp_type()
+    if counted.rejected:
+        setattr(resp.partial_success, field, counted.rejected)
+        resp.partial_success.error_message = "; ".join(counted.reasons)
+    return resp
 
 
 def _reason(status: int) -> str:

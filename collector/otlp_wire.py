@@ -138,7 +138,7 @@ class SchemaBuilder:
             if f.oneof:
                 oneofs.setdefault(f.oneof, []).append(f)
         for oname, members in oneofs.items():
-            labels = ", ".join([f"'none' = 0"] + [f"'{f.name}' = {f.number}" for f in members])
+            labels = ", ".join(["'none' = 0"] + [f"'{f.name}' = {f.number}" for f in members])
             parts.append(f"{oname} Enum8({labels})")
         return f"Tuple({', '.join(parts)})"
 
