@@ -187,7 +187,7 @@ def recover_and_check(server_factory, ledger: Ledger, data_dir: str) -> None:
     assert not ledger.errors, ledger.errors[:5]
     assert ledger.acked, ledger.answers
 
-    rows = read_store(data_dir, f"""
+    rows = read_store(data_dir, """
         SELECT 'trace', TraceId, count(), uniqExact(SpanId) FROM otel.otel_traces GROUP BY TraceId
         UNION ALL
         SELECT 'duplicate', SpanId, count() AS c, 0 FROM otel.otel_traces GROUP BY SpanId HAVING c > 1
