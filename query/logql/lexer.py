@@ -1,0 +1,326 @@
+"""LogQL tokenizer (mirrors Loki's lex.go token classes)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+class LogQLSyntaxError(ValueError):
+    def __init__(self, msg: str, line: int = 1, col: int = 1):
+        self.msg, self.line, self.col = msg, line, col
+        super().__init__(f"parse error at line {line}, col {col}: {msg}")
+
+
+KEYWORDS = {
+    "by", "without", "bool", "on", "ignoring", "group_left", "group_right", "offset", "json", "logfmt",
+    "regexp", "unpack", "pattern", "line_format", "label_format", "decolorize", "drop", "keep", "unwrap",
+    "or", "and", "unless",
+}
+RANGE_OPS = {
+    "count_over_time", "rate", "rate_counter", "bytes_over_time", "bytes_rate", "avg_over_time",
+    "sum_over_time", "min_over_time", "max_over_time", "stdvar_over_time", "stddev_over_time",
+    "quantile_over_time", "first_over_time", "last_over_time", "absent_over_time",
+}
+VECTOR_OPS = {"sum", "avg", "count", "max", "min", "stddev", "stdvar", "bottomk", "topk", "sort", "sort_desc",
+              "approx_topk"}
+FUNCTIONS = RANGE_OPS | VECTOR_OPS | {"bytes", "duration", "duration_seconds", "ip", "vector", "label_replace"}
+
+OPERATORS = ["|=", "|~", "|>", "!=", "!~", "!>", "=~", "==", ">=", "<=",
+             "|", "{", "}", "(", ")", ",", "=", ">", "<", "+", "-", "*", "/", "%", "^"]
+
+_NUM = re.compile(r"0[xX][0-9a-fA-F_]+(?:\.[0-9a-fA-F_]*)?(?:[pP][+-]?\d+)?|0[bB][01_]+|0[oO][0-7_]+"
+                  r"|(?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_DUR = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h|d|w|y))+")
+_BYTES = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[bB]|[kKmMgGtTpPeE][iI]?[bB]?)")
+_PROM_DUR = re.compile(r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
+_GO_UNITS = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9,
+             "h": 3600 * 10**9}
+_BYTE_UNITS = {"b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mi": 1024**2, "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gi": 1024**3, "gib": 1024**3,
+               "t": 1000**4, "tb": 1000**4, "ti": 1024**4, "tib": 1024**4, "p": 1000**5, "pb": 1000**5,
+               "pi": 1024**5, "pib": 1024**5, "e": 1000**6, "eb": 1000**6, "ei": 1024**6, "eib": 1024**6}
+
+
+def parse_prom_duration(s: str) -> int:
+    """Prometheus model.ParseDuration with Go time.ParseDuration fallback; returns nanoseconds."""
+    m = _PROM_DUR.match(s)
+    if s and s != "" and m and any(m.groups()):
+        mult = [365 * 86400, 7 * 86400, 86400, 3600, 60, 1]
+        ns = sum(int(g) * k * 10**9 for g, k in zip(m.groups()[:6], mult) if g)
+        if m.group(7):
+            ns += int(m.group(7)) * 10**6
+        return ns
+    if s == "0":
+        return 0
+    return parse_go_duration(s)
+
+
+def parse_go_duration(s: str) -> int:
+    orig = s
+    sign = 1
+    if s[:1] in "+-":
+        sign = -1 if s[0] == "-" else 1
+        s = s[1:]
+    if s == "0":
+        return 0
+    if not s:
+        raise ValueError(f'invalid duration "{orig}"')
+    total = 0.0
+    while s:
+        m = re.match(r"(\d*)(?:\.(\d*))?", s)
+        if not m.group(0) or m.group(0) == ".":
+            raise ValueError(f'invalid duration "{orig}"')
+        num = float(m.group(0) if m.group(0)[-1] != "." else m.group(0) + "0")
+        s = s[m.end():]
+        u = re.match(r"[^\d.]*", s).group(0)
+        if not u:
+            raise ValueError(f'missing unit in duration "{orig}"')
+        if u not in _GO_UNITS:
+            raise ValueError(f'unknown unit "{u}" in duration "{orig}"')
+        total += num * _GO_UNITS[u]
+        s = s[len(u):]
+    return sign * int(round(total))
+
+
+def parse_bytes(s: str) -> int:
+    m = re.fullmatch(r"((?:\d+(?:\.\d*)?|\.\d+))\s*([a-zA-Z]*)", s)
+    if not m or m.group(2).lower() not in _BYTE_UNITS:
+        raise ValueError(f"invalid bytes {s!r}")
+    return int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()])
+
+
+def is_function_lookahead(rest: str) -> bool:
+    """Loki's look-ahead: next non-space is '(' or by/without followed by '('."""
+    rest = rest.lstrip()
+    if rest.startswith("("):
+        return True
+    return bool(re.match(r"(?i)(by|without)\s*\(", rest))
+
+
+@dataclass
+class Token:
+    kind: str   # OP, STRING, NUMBER, DURATION, BYTES, RANGE, IDENT, KEYWORD, FUNC, FLAG, EOF
+    value: object
+    text: str
+    line: int
+    col: int
+
+    def is_(self, kind: str, value=None) -> bool:
+        return self.kind == kind and (value is None or self.value == value)
+
+    def describe(self) -> str:
+        if self.kind == "EOF":
+            return "$end"
+        if self.kind == "FUNC":  # yacc names function tokens in upper case, except ip
+            return "ip" if self.value == "ip" else str(self.value).upper()
+        if self.kind in ("OP", "KEYWORD"):
+            return str(self.value)
+        return {"IDENT": "IDENTIFIER", "FLAG": "FUNCTION_FLAG"}.get(self.kind, self.kind)
+
+
+_ESC = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\", '"': '"',
+        "'": "'"}
+
+
+def _is_ident_start(c: str) -> bool:
+    return c == "_" or c.isalpha()
+
+
+def _is_ident_char(c: str) -> bool:
+    return c == "_" or c.isalnum()
+
+
+class Lexer:
+    def __init__(self, text: str):
+        self.text = text
+        self.pos = 0
+        self.line = 1
+        self.col = 1
+        self.toks: list[Token] = []
+
+    def error(self, msg, line=None, col=None):
+        raise LogQLSyntaxError(msg, line or self.line, col or self.col)
+
+    def _advance(self, n: int) -> str:
+        s = self.text[self.pos:self.pos + n]
+        for ch in s:
+            if ch == "\n":
+                self.line += 1
+                self.col = 1
+            else:
+                self.col += 1
+        self.pos += n
+        return s
+
+    def _skip_ws(self) -> None:
+        t = self.text
+        while self.pos < len(t):
+            c = t[self.pos]
+            if c in " \t\r\n":
+                self._advance(1)
+            elif c == "#":
+                end = t.find("\n", self.pos)
+                self._advance((end if end >= 0 else len(t)) - self.pos)
+            else:
+                break
+
+    def _is_function(self, end: int) -> bool:
+        return is_function_lookahead(self.text[end:])
+
+    def _string(self) -> str:
+        t = self.text
+        q = t[self.pos]
+        line, col = self.line, self.col
+        i = self.pos + 1
+        if q == "`":
+            end = t.find("`", i)
+            if end < 0:
+                self.error("literal not terminated", line, col)
+            val = t[i:end]
+            self._advance(end + 1 - self.pos)
+            return val
+        out = []
+        while True:
+            if i >= len(t) or t[i] == "\n":
+                self.error("literal not terminated", line, col)
+            c = t[i]
+            if c == '"':
+                break
+            if c == "\\":
+                if i + 1 >= len(t):
+                    self.error("literal not terminated", line, col)
+                e = t[i + 1]
+                if e in _ESC:
+                    out.append(_ESC[e])
+                    i += 2
+                elif e in "xuU":
+                    n = {"x": 2, "u": 4, "U": 8}[e]
+                    h = t[i + 2:i + 2 + n]
+                    if len(h) != n or not re.fullmatch(r"[0-9a-fA-F]+", h):
+                        self.error("invalid syntax", line, col)
+                    out.append(chr(int(h, 16)))  # \x byte escapes approximated as code points
+                    i += 2 + n
+                elif e in "01234567":
+                    o = t[i + 1:i + 4]
+                    if not re.fullmatch(r"[0-7]{3}", o):
+                        self.error("invalid syntax", line, col)
+                    out.append(chr(int(o, 8)))
+                    i += 4
+                else:
+                    self.error("invalid syntax", line, col)
+            else:
+                out.append(c)
+                i += 1
+        self._advance(i + 1 - self.pos)
+        return "".join(out)
+
+    def tokens(self) -> list[Token]:
+        toks: list[Token] = self.toks
+        t = self.text
+        while True:
+            self._skip_ws()
+            line, col = self.line, self.col
+            if self.pos >= len(t):
+                toks.append(Token("EOF", None, "", line, col))
+                return toks
+            c = t[self.pos]
+            start = self.pos
+
+            def tok(kind, value):
+                toks.append(Token(kind, value, t[start:self.pos], line, col))
+
+            if c in "\"`":
+                v = self._string()
+                tok("STRING", v)
+                continue
+            if c == "[":
+                end = t.find("]", self.pos)
+                if end < 0:
+                    self.error("missing closing ']' in duration", line, col)
+                body = t[self.pos + 1:end]
+                try:
+                    ns = parse_prom_duration(body.strip())
+                except ValueError as e:
+                    self.error(str(e), line, col)
+                self._advance(end + 1 - self.pos)
+                tok("RANGE", ns)
+                continue
+            if t.startswith("--", self.pos):
+                m = re.compile(r"--[A-Za-z][A-Za-z\-]*").match(t, self.pos)
+                if m:
+                    self._advance(m.end() - self.pos)
+                    tok("FLAG", m.group(0))
+                    continue
+            # negative duration glued to '-'
+            if c == "-" and self.pos + 1 < len(t) and (t[self.pos + 1].isdigit() or t[self.pos + 1] == "."):
+                m = _DUR.match(t, self.pos + 1)
+                if m and not (m.end() < len(t) and _is_ident_char(t[m.end()])):
+                    self._advance(m.end() - self.pos)
+                    tok("DURATION", self._dur_value(t[start:self.pos], line, col))
+                    continue
+            if c.isdigit() or (c == "." and self.pos + 1 < len(t) and t[self.pos + 1].isdigit()):
+                m = _DUR.match(t, self.pos)
+                if m and not (m.end() < len(t) and _is_ident_char(t[m.end()])):
+                    self._advance(m.end() - self.pos)
+                    tok("DURATION", self._dur_value(t[start:self.pos], line, col))
+                    continue
+                m = _BYTES.match(t, self.pos)
+                if m and not (m.end() < len(t) and _is_ident_char(t[m.end()])):
+                    self._advance(m.end() - self.pos)
+                    tok("BYTES", parse_bytes(m.group(0)))
+                    continue
+                m = _NUM.match(t, self.pos)
+                self._advance(m.end() - self.pos)
+                tok("NUMBER", m.group(0))
+                continue
+            if _is_ident_start(c):
+                i = self.pos
+                while i < len(t) and _is_ident_char(t[i]):
+                    i += 1
+                word = t[self.pos:i]
+                low = word.lower()
+                if low in FUNCTIONS and self._is_function(i):
+                    self._advance(i - self.pos)
+                    tok("FUNC", low)
+                elif low in KEYWORDS:
+                    self._advance(i - self.pos)
+                    tok("KEYWORD", low)
+                else:
+                    self._advance(i - self.pos)
+                    tok("IDENT", word)
+                continue
+            for op in OPERATORS:
+                if t.startswith(op, self.pos):
+                    self._advance(len(op))
+                    tok("OP", op)
+                    break
+            else:
+                self.error(f"unexpected character {c!r}", line, col)
+
+    def _dur_value(self, text: str, line: int, col: int) -> int:
+        try:
+            return parse_prom_duration(text)
+        except ValueError as e:
+            self.error(str(e), line, col)
+
+
+def tokenize(text: str | bytes, lenient: bool = False) -> list[Token]:
+    """Tokenize ``text``; with ``lenient`` a lexical error ends the stream instead of raising."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            head = bytes(text[:e.start]).decode("utf-8", "replace")
+            qpos = max(head.rfind('"'), head.rfind("`"))
+            start = head[:qpos] if qpos >= 0 else head
+            raise LogQLSyntaxError("invalid UTF-8 encoding", start.count("\n") + 1,
+                                   len(start) - (start.rfind("\n") + 1) + 1) from None
+    if len(text.encode("utf-8")) > 131072:
+        raise LogQLSyntaxError("input size too long", 1, 1)
+    lx = Lexer(text)
+    try:
+        return lx.tokens()
+    except LogQLSyntaxError:
+        if not lenient:
+            raise
+        return lx.toks + [Token("EOF", None, "", lx.line, lx.col)]
