@@ -18,6 +18,7 @@ TTL_COLUMNS = {
     "otel_traces": "toDateTime(Timestamp)",
     "otel_traces_trace_id_ts": "toDateTime(Start)",
     "otel_logs": "TimestampTime",
+    "otel_log_streams": "Hour",
     "otel_metrics_gauge": "toDateTime(TimeUnix)",
     "otel_metrics_sum": "toDateTime(TimeUnix)",
     "otel_metrics_histogram": "toDateTime(TimeUnix)",
@@ -44,6 +45,7 @@ def render(sql: str, database: str, ttl_days: int, cluster: str = "") -> str:
         DB=database,
         TTL_DAYS=str(int(ttl_days)),
         ENGINE=engine,
+        AGGREGATING_ENGINE="ReplicatedAggregatingMergeTree" if cluster else "AggregatingMergeTree",
         ON_CLUSTER=f"ON CLUSTER {cluster}" if cluster else "",
     )
 

@@ -9,6 +9,7 @@ import pytest
 
 from meshscope.query.logql import (LogQLSyntaxError, ast as A, parse, parse_log_selector, parse_matchers,
                                    parse_sample_expr, tokenize)
+from meshscope.query.conformance import parse_by_mode
 from meshscope.query.logql.lexer import is_function_lookahead, parse_prom_duration
 
 CORPUS = Path(__file__).parents[1] / ".." / "shared" / "conformance" / "logql"
@@ -283,18 +284,6 @@ def test_error_positions(q, line, col, msg):
 
 
 # ---------------------------------------------------------------- conformance corpus
-def _run_case(d):
-    q = bytes.fromhex(d["query_hex"]) if d.get("query_hex") else d["query"]
-    mode = d["mode"]
-    if mode == "ParseSampleExpr":
-        return parse_sample_expr(q)
-    if mode.startswith("ParseLogSelector"):
-        return parse_log_selector(q, validate_matchers="validate=true" in mode)
-    if mode.startswith("ParseMatchers"):
-        return parse_matchers(q)
-    return parse(q)
-
-
 def test_parse_corpus():
     path = CORPUS / "parse_cases.jsonl"
     if not path.exists():
@@ -305,7 +294,7 @@ def test_parse_corpus():
     for d in cases:
         if not d["ok"]:
             try:
-                _run_case(d)
+                parse_by_mode(d)
             except LogQLSyntaxError as e:
                 if d.get("error_line"):
                     assert (e.line, e.col) == (d["error_line"], d["error_col"]), d["query"]
@@ -314,7 +303,7 @@ def test_parse_corpus():
             continue
         valid += 1
         try:
-            e = _run_case(d)
+            e = parse_by_mode(d)
         except LogQLSyntaxError as err:
             failures.append((d["query"], str(err)))
             continue

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 
 
 class LogQLSyntaxError(ValueError):
+    """A query Loki would refuse; line 0 means the error has no position (Loki prints ``parse error : msg``)."""
+
     def __init__(self, msg: str, line: int = 1, col: int = 1):
         self.msg, self.line, self.col = msg, line, col
-        super().__init__(f"parse error at line {line}, col {col}: {msg}")
+        where = f" at line {line}, col {col}" if line else " "
+        super().__init__(f"parse error{where}: {msg}")
 
 
 KEYWORDS = {
@@ -25,6 +28,7 @@ VECTOR_OPS = {"sum", "avg", "count", "max", "min", "stddev", "stdvar", "bottomk"
               "approx_topk"}
 FUNCTIONS = RANGE_OPS | VECTOR_OPS | {"bytes", "duration", "duration_seconds", "ip", "vector", "label_replace"}
 
+DIGITS = "0123456789"  # Go's scanner: ASCII digits only ("²" is not a number)
 OPERATORS = ["|=", "|~", "|>", "!=", "!~", "!>", "=~", "==", ">=", "<=",
              "|", "{", "}", "(", ")", ",", "=", ">", "<", "+", "-", "*", "/", "%", "^"]
 
@@ -258,7 +262,7 @@ class Lexer:
                     self._advance(m.end() - self.pos)
                     tok("DURATION", self._dur_value(t[start:self.pos], line, col))
                     continue
-            if c.isdigit() or (c == "." and self.pos + 1 < len(t) and t[self.pos + 1].isdigit()):
+            if c in DIGITS or (c == "." and self.pos + 1 < len(t) and t[self.pos + 1] in DIGITS):
                 m = _DUR.match(t, self.pos)
                 if m and not (m.end() < len(t) and _is_ident_char(t[m.end()])):
                     self._advance(m.end() - self.pos)

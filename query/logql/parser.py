@@ -221,12 +221,20 @@ class Parser:
             return A.LineFilterTerm(v, ip=True)
         self.error(expecting="STRING or ip")
 
+    def _extraction_name_ahead(self) -> bool:
+        """An identifier, or a keyword used as a label name (`| json bool="f"`: Loki accepts it)."""
+        if self.cur.kind == "IDENT":
+            return True
+        return self.cur.kind == "KEYWORD" and self.peek().kind == "OP" and self.peek().value in ("=", ",")
+
     def extractions(self) -> list[A.Extraction]:
         out = []
-        if self.cur.kind != "IDENT":
+        if not self._extraction_name_ahead():
             return out
         while True:
-            name = self.expect("IDENT").value
+            if not self._extraction_name_ahead():
+                self.error(expecting="IDENTIFIER")
+            name = self.advance().value
             if self.at_op("="):
                 self.advance()
                 out.append(A.Extraction(name, self.expect("STRING").value))
@@ -301,7 +309,9 @@ class Parser:
                 return A.Drop(items) if kw == "drop" else A.Keep(items)
         return A.LabelFilterStage(self.label_filter())
 
-    # label filters: list := or [(','|juxtaposition) list]; or := and {or and}; and := atom {and atom}
+    # label filters: list := or [(','|juxtaposition) list]; or := and {or and}; and := atom {and atom}.
+    # Loki's grammar (expected_go in the corpus) makes ',' and juxtaposition the loosest, right-nested:
+    # `a b, c or d` = a and (b and (c or d)). Loki's docs suggest ',' binds like `and`; the code wins here.
     def label_filter(self) -> A.LabelFilter:
         left = self.lf_or()
         if self.at_op(","):
@@ -551,10 +561,31 @@ def _empty_compatible(m: A.Matcher) -> bool:
     return hit if m.op == "=~" else not hit
 
 
+def _log_queries(node):
+    if isinstance(node, A.LogQuery):
+        yield node
+    elif isinstance(node, A.Node):
+        for v in vars(node).values():
+            for it in (v if isinstance(v, list) else [v]):
+                if isinstance(it, A.Node):
+                    yield from _log_queries(it)
+
+
 def validate(expr: A.Expr) -> None:
     for sel in _selectors(expr):
         if all(_empty_compatible(m) for m in sel.matchers):
             raise LogQLSyntaxError(EMPTY_MSG, 1, 1)
+    validate_pipelines(expr)
+
+
+def validate_pipelines(expr: A.Expr) -> None:
+    """Build each pipeline once so that a bad regex, pattern or template is a parse error, as in Loki."""
+    from .pipeline import PipelineError, validate_stages
+    for lq in _log_queries(expr):
+        try:
+            validate_stages(lq.stages)
+        except PipelineError as err:
+            raise LogQLSyntaxError(str(err), 0, 0) from err
 
 
 def parse(text: str | bytes) -> A.Expr:
