@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .values import parse_bytes, parse_go_duration
+
 
 class LogQLSyntaxError(ValueError):
     """A query Loki would refuse; line 0 means the error has no position (Loki prints ``parse error : msg``)."""
@@ -37,12 +39,6 @@ _NUM = re.compile(r"0[xX][0-9a-fA-F_]+(?:\.[0-9a-fA-F_]*)?(?:[pP][+-]?\d+)?|0[bB
 _DUR = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h|d|w|y))+")
 _BYTES = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[bB]|[kKmMgGtTpPeE][iI]?[bB]?)")
 _PROM_DUR = re.compile(r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
-_GO_UNITS = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9,
-             "h": 3600 * 10**9}
-_BYTE_UNITS = {"b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m": 1000**2, "mb": 1000**2,
-               "mi": 1024**2, "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gi": 1024**3, "gib": 1024**3,
-               "t": 1000**4, "tb": 1000**4, "ti": 1024**4, "tib": 1024**4, "p": 1000**5, "pb": 1000**5,
-               "pi": 1024**5, "pib": 1024**5, "e": 1000**6, "eb": 1000**6, "ei": 1024**6, "eib": 1024**6}
 
 
 def parse_prom_duration(s: str) -> int:
@@ -57,40 +53,6 @@ def parse_prom_duration(s: str) -> int:
     if s == "0":
         return 0
     return parse_go_duration(s)
-
-
-def parse_go_duration(s: str) -> int:
-    orig = s
-    sign = 1
-    if s[:1] in "+-":
-        sign = -1 if s[0] == "-" else 1
-        s = s[1:]
-    if s == "0":
-        return 0
-    if not s:
-        raise ValueError(f'invalid duration "{orig}"')
-    total = 0.0
-    while s:
-        m = re.match(r"(\d*)(?:\.(\d*))?", s)
-        if not m.group(0) or m.group(0) == ".":
-            raise ValueError(f'invalid duration "{orig}"')
-        num = float(m.group(0) if m.group(0)[-1] != "." else m.group(0) + "0")
-        s = s[m.end():]
-        u = re.match(r"[^\d.]*", s).group(0)
-        if not u:
-            raise ValueError(f'missing unit in duration "{orig}"')
-        if u not in _GO_UNITS:
-            raise ValueError(f'unknown unit "{u}" in duration "{orig}"')
-        total += num * _GO_UNITS[u]
-        s = s[len(u):]
-    return sign * int(round(total))
-
-
-def parse_bytes(s: str) -> int:
-    m = re.fullmatch(r"((?:\d+(?:\.\d*)?|\.\d+))\s*([a-zA-Z]*)", s)
-    if not m or m.group(2).lower() not in _BYTE_UNITS:
-        raise ValueError(f"invalid bytes {s!r}")
-    return int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()])
 
 
 def is_function_lookahead(rest: str) -> bool:
