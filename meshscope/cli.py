@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="send a simulated Istio bookinfo mesh's telemetry over OTLP")
     add_demo_arguments(demo)
+    from meshscope.query.logcli import add_logs_parser
+
+    add_logs_parser(sub)
     return parser
 
 
@@ -114,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         stats = run_demo(options_from_args(args))
         print(stats.summary())
         return 0 if stats.export_failures == 0 else 1
+    if args.command == "logs":
+        from meshscope.query.logcli import run_logs
+
+        return run_logs(args)
     parser.print_help()
     return 2
 

@@ -15,6 +15,8 @@ from meshscope.collector.loki_push import LokiPushReceiver
 from meshscope.collector.otlp_http import OtlpHttpReceiver
 from meshscope.collector.zipkin import ZipkinReceiver
 from meshscope.query.http_api import QueryApi
+from meshscope.query.logql.engine import LogQLEngine
+from meshscope.query.loki_api import LokiApi
 from meshscope.schema import apply_schema
 from meshscope.selfmetrics import SelfMetrics
 from meshscope.store import StoreError, open_store
@@ -61,6 +63,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         api = QueryApi(metrics)
         loki = LokiPushReceiver(batcher, metrics, opts.max_request_bytes)
         api.extra_routes += loki.routes()
+        loki_api = LokiApi(LogQLEngine(store), running=lambda: api.ready)
+        api.extra_routes += loki_api.routes()
 
         runners, sites = [], []
         inflight = InflightRequests()
@@ -103,6 +107,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         for runner in runners:
             await runner.cleanup()
         await grpc_receiver.stop(5)
+        loki_api.close()
         left = await batcher.stop()
         if left:
             log.warning("the store did not take everything: %d segment(s) stay in the WAL and are inserted at the "

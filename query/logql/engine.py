@@ -16,7 +16,7 @@ from . import ast as A
 from .evaluator import EvalError, Evaluator
 from .lexer import LogQLSyntaxError
 from .memsource import SeriesBuilder, fetch_range
-from .parser import parse, parse_matchers
+from .parser import log_queries, parse, parse_matchers
 from .pipeline import BYTES_KINDS, COUNT_KINDS, Pipeline, PipelineError
 from .planner import (LogPlan, bucketing_for, counts_sql, entries_sql, plan_log_query, streams_sql)
 
@@ -83,10 +83,15 @@ class Result:
 
 
 def _parse(query: str) -> A.Expr:
+    """Parse, then build every pipeline once: a bad line-filter regex or ip() (which Loki accepts at parse time)
+    is the user's error, a 400, before any SQL is sent."""
     try:
-        return parse(query)
-    except LogQLSyntaxError as err:
+        expr = parse(query)
+        for lq in log_queries(expr):
+            Pipeline(lq.stages)
+    except (LogQLSyntaxError, PipelineError) as err:
         raise QueryError(str(err)) from None
+    return expr
 
 
 class LogQLEngine:

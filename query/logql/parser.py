@@ -561,14 +561,14 @@ def _empty_compatible(m: A.Matcher) -> bool:
     return hit if m.op == "=~" else not hit
 
 
-def _log_queries(node):
+def log_queries(node):
     if isinstance(node, A.LogQuery):
         yield node
     elif isinstance(node, A.Node):
         for v in vars(node).values():
             for it in (v if isinstance(v, list) else [v]):
                 if isinstance(it, A.Node):
-                    yield from _log_queries(it)
+                    yield from log_queries(it)
 
 
 def validate(expr: A.Expr) -> None:
@@ -581,7 +581,7 @@ def validate(expr: A.Expr) -> None:
 def validate_pipelines(expr: A.Expr) -> None:
     """Build each pipeline once so that a bad regex, pattern or template is a parse error, as in Loki."""
     from .pipeline import PipelineError, validate_stages
-    for lq in _log_queries(expr):
+    for lq in log_queries(expr):
         try:
             validate_stages(lq.stages)
         except PipelineError as err:
