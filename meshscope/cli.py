@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     from meshscope.query.logcli import add_logs_parser
 
     add_logs_parser(sub)
+    from meshscope.query.graphcli import add_graph_subparser
+
+    add_graph_subparser(sub)
     return parser
 
 
@@ -121,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         from meshscope.query.logcli import run_logs
 
         return run_logs(args)
+    if args.command == "graph":
+        from meshscope.query.graphcli import run_graph
+
+        return run_graph(args)
     parser.print_help()
     return 2
 

@@ -24,6 +24,7 @@ TTL_COLUMNS = {
     "otel_metrics_histogram": "toDateTime(TimeUnix)",
     "otel_metrics_exponential_histogram": "toDateTime(TimeUnix)",
     "otel_metrics_summary": "toDateTime(TimeUnix)",
+    "otel_service_edges_1m": "Minute",
 }
 
 

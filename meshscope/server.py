@@ -14,6 +14,8 @@ from meshscope.collector.otlp_grpc import OtlpGrpcReceiver
 from meshscope.collector.loki_push import LokiPushReceiver
 from meshscope.collector.otlp_http import OtlpHttpReceiver
 from meshscope.collector.zipkin import ZipkinReceiver
+from meshscope.query.graph.edges import EdgeRollup
+from meshscope.query.graph_api import GraphService
 from meshscope.query.http_api import QueryApi
 from meshscope.query.logql.engine import LogQLEngine
 from meshscope.query.loki_api import LokiApi
@@ -65,6 +67,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         api.extra_routes += loki.routes()
         loki_api = LokiApi(LogQLEngine(store), running=lambda: api.ready)
         api.extra_routes += loki_api.routes()
+        graph_api = GraphService(store)
+        api.extra_routes += graph_api.routes()
 
         runners, sites = [], []
         inflight = InflightRequests()
@@ -81,6 +85,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
             sites.append(site)
         await grpc_receiver.start(opts.host, opts.otlp_grpc_port)
         api.ready = True
+        # Per-minute service-graph edges from spans, recomputed for the last minutes so late spans count.
+        rollup_task = asyncio.create_task(EdgeRollup(store).run(stop), name="edge-rollup")
         demo = None
         if opts.demo:
             from meshscope.demo import DemoOptions, start_demo_thread
@@ -107,7 +113,12 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         for runner in runners:
             await runner.cleanup()
         await grpc_receiver.stop(5)
+        try:
+            await asyncio.wait_for(rollup_task, 30)  # it ends at stop; a run in progress finishes first
+        except (asyncio.TimeoutError, Exception) as e:  # noqa: BLE001 - never block the flush of buffers
+            log.warning("edge rollup did not stop cleanly: %s", e)
         loki_api.close()
+        graph_api.close()
         left = await batcher.stop()
         if left:
             log.warning("the store did not take everything: %d segment(s) stay in the WAL and are inserted at the "
