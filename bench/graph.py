@@ -32,11 +32,12 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import time
+
+from benchutil import load_avg, machine_info, wait_merges  # bench/ is the script's own folder
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -210,54 +211,6 @@ def open_data(args, sizes: list[int], log):
         json.dump(man, f, indent=2)
     os.replace(man_path + ".tmp", man_path)  # written last: a manifest means a complete data set
     return store, man, True
-
-
-def wait_merges(store, log, timeout: float = 600.0) -> float:
-    t0 = time.perf_counter()
-    quiet = 0
-    while time.perf_counter() - t0 < timeout:
-        n = int(store.query("SELECT count() FROM system.merges").rows[0][0])
-        quiet = quiet + 1 if n == 0 else 0
-        if quiet >= 3:
-            break
-        time.sleep(1.0)
-    waited = time.perf_counter() - t0
-    if waited > 5:
-        log(f"# waited {waited:.0f}s for background merges")
-    return waited
-
-
-def load_avg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def machine_info() -> dict:
-    from importlib import metadata
-
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    versions = {}
-    for pkg in ("chdb", "chdb-core", "clickhouse-connect"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    mem = None
-    try:
-        with open("/proc/meminfo") as f:
-            mem = next((round(int(ln.split()[1]) / 2**20, 1) for ln in f if ln.startswith("MemTotal:")), None)
-    except OSError:
-        pass
-    return dict(nproc=os.cpu_count(), cpu_model=cpu, mem_gib=mem, python=platform.python_version(),
-                platform=platform.platform(), versions=versions,
-                date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 
 def _totals(edges) -> dict:

@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as _dt
 import json
 import os
 import pickle
-import platform
 import random
 import shutil
 import signal as _signal
@@ -42,6 +40,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+
+from benchutil import machine_info  # bench/ is the script's own folder
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -916,36 +916,6 @@ def run_signal(signal: str, args, figures: dict, details: dict) -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def machine_info() -> dict:
-    from importlib import metadata
-
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    versions = {}
-    for pkg in ("chdb", "chdb-core", "clickhouse-connect", "aiohttp", "protobuf", "pyarrow"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    mem = None
-    try:
-        import psutil
-
-        mem = round(psutil.virtual_memory().total / 2**30, 1)
-    except Exception:
-        pass
-    return dict(nproc=os.cpu_count(), sched_cpus=len(os.sched_getaffinity(0)), cpu_model=cpu, mem_gib=mem,
-                python=platform.python_version(), platform=platform.platform(), versions=versions,
-                chdb_version=versions["chdb"], date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=20.0, help="load window in seconds (default 20)")
@@ -977,7 +947,7 @@ def main(argv: list[str] | None = None) -> int:
     signals = ["traces", "logs"] if args.signal == "both" else [args.signal]
     figures: dict = {}
     details: dict = {}
-    info = machine_info()
+    info = machine_info(("aiohttp", "protobuf", "pyarrow"))
     print(f"# {info['nproc']} CPUs ({info['cpu_model']}), python {info['python']}, chdb {info['chdb_version']}",
           file=sys.stderr)
     for signal in signals:
