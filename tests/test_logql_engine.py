@@ -271,9 +271,36 @@ def test_fuzz_user_text_only_reaches_sql_as_bound_values(store, value, needle):
     plan = plan_log_query(e)
     sql1, params1 = streams_sql("otel", e.selector, "t'x", 0, 10 * S, 10)
     sql2, params2 = entries_sql("otel", plan, "t'x", ["s"], [1], 0, 10 * S, False, 5, True)
-    base = parse('{service_name="x"} |= "y" |~ "a"')
+    # A needle of the same shape (token characters vs separators) must give the same SQL text: the
+    # text-index prefilter depends on where the tokens are, never on what they say.
+    shape = "".join("a" if (c.isascii() and c.isalnum()) or not c.isascii() else "-" for c in needle)
+    base = parse(f'{{service_name="x"}} |= "{shape}" |~ "a"')
     ref1, _ = streams_sql("otel", base.selector, "t", 0, 10 * S, 10)
     ref2, _ = entries_sql("otel", plan_log_query(base), "t", ["s"], [1], 0, 10 * S, False, 5, True)
     assert sql1 == ref1 and sql2 == ref2  # user text changes only the bound values
     store.query(sql1, parameters=params1)
     store.query(sql2, parameters=params2)
+
+
+def test_text_index_prefilter_keeps_substring_semantics(store):
+    """`|=` adds a hasAllTokens() prefilter for the needle's interior tokens; results must stay those of a plain
+    substring search, whatever sits at the needle's edges (partial tokens, non-ASCII, '_' which separates)."""
+    from meshscope.query.logql.planner import interior_tokens
+    assert interior_tokens("c0ffee42-dead-4bad-beef-5ca1") == ["dead", "4bad", "beef"]
+    assert interior_tokens("needle") == [] and interior_tokens("-x-") == ["x"]
+    tenant = "tok" + uuid.uuid4().hex[:6]
+    bodies = ["xc0ffee42-dead-4bad-beef-5ca1y", "c0ffee42 dead 4bad beef 5ca1", "DEAD-4bad-beef", "a_dead_4bad_beef_b",
+              "naïve-café-ok", "café-ok", "ERR x-dead-y", "under_score x", ""]
+    rows = [(T0 + i * S, "tok", 9, b, _res("tok"), {}) for i, b in enumerate(bodies)]
+    _insert(store, rows, tenant)
+    eng = _engine(store)
+    for needle in ["-dead-4bad-", "c0ffee42-dead-4bad-beef-5ca1", "_dead_", "x-dead-y", "naïve-café-", "-café-ok",
+                   "e42-dead-4b", " dead ", "score x"]:
+        q = '{service_name="tok"} |= ' + _logql_string(needle)
+        got = sorted(e.line for e in eng.query_range(q, T0, T0 + 60 * S, 0, limit=100, tenant=tenant).data)
+        assert got == sorted(b for b in bodies if needle in b), needle
+
+
+def _logql_string(s: str) -> str:
+    from meshscope.query.logql.ast import q
+    return q(s)

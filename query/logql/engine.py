@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from meshscope.sqlutil import quote_string
 from meshscope.store import Store, StoreError
 
 from . import ast as A
@@ -339,31 +338,39 @@ class StoreSampleSource:
         if not plan.python_stages and node.range.unwrap is None and node.op in COUNT_KINDS | BYTES_KINDS:
             self._counted(node, plan, streams, services, lo, hi, start_ns, end_ns, reduce, builder)
         else:
-            self._per_line(plan, streams, services, lo, hi, reduce, builder)
+            self._per_line(node, plan, streams, services, lo, hi, reduce, builder)
         return builder.series()
 
     def _counted(self, node, plan: LogPlan, streams, services, lo, hi, start_ns, end_ns, reduce, builder) -> None:
         bk = bucketing_for(node, start_ns, end_ns, self.step_ns)
-        sql, params = counts_sql(self.engine.db, plan, self.tenant, services, list(streams), lo, hi,
-                                 bk.base_ns, bk.bucket_ns)
-        # metadata labels only matter when they survive the grouping
-        sql = _with_metadata_group(sql, reduce, streams)
         use_bytes = node.op in BYTES_KINDS
+        group_labels, metadata = None, True
+        if reduce is not None and not reduce.without:
+            if all(all(n in s.labels for n in reduce.labels) for s in streams.values()):
+                group_labels = list(reduce.labels)  # ClickHouse merges the streams the sum merges
+            else:
+                metadata = list(reduce.labels)  # only metadata that survives the grouping
+        sql, params = counts_sql(self.engine.db, plan, self.tenant, services, list(streams), lo, hi,
+                                 bk.base_ns, bk.bucket_ns, with_bytes=use_bytes, group_labels=group_labels,
+                                 metadata=metadata)
         for row in self.engine._query(sql, params):
-            fp, b, n, nbytes = row[0], row[1], row[2], row[3]
-            md = row[4] if len(row) > 4 else None
+            key, b, n, nbytes = row[0], row[1], row[2], row[3]
             self.stats.lines_processed += n
             self.stats.bytes_processed += nbytes
-            labels = {**streams[fp].labels, **(md or {})}
-            if reduce is not None:
-                labels = reduce_labels(labels, reduce)
+            if group_labels is not None:
+                labels = {k: v for k, v in zip(group_labels, key) if v != ""}
+            else:
+                labels = {**streams[key].labels, **(row[4] if len(row) > 4 else {})}
+                if reduce is not None:
+                    labels = reduce_labels(labels, reduce)
             builder.add_sample(bk.bucket_end(b), labels, float(nbytes if use_bytes else n))
 
-    def _per_line(self, plan: LogPlan, streams, services, lo, hi, reduce, builder) -> None:
+    def _per_line(self, node, plan: LogPlan, streams, services, lo, hi, reduce, builder) -> None:
         pipe_extract = builder.extractor
         pipe_extract.pipeline = Pipeline(plan.python_stages)
+        names = visible_metadata(node, reduce)
         sql, params = entries_sql(self.engine.db, plan, self.tenant, services, list(streams), lo, hi, True, None,
-                                  True)
+                                  True if names is None else names)
         for block in self.engine._stream_rows(sql, params):
             ts_col, fp_col, body_col, md_col = block
             for i in range(len(ts_col)):
@@ -382,16 +389,41 @@ class StoreSampleSource:
                                  f"the time range or the selector")
 
 
-def _with_metadata_group(sql: str, reduce: A.Grouping | None, streams: dict[int, StreamInfo]) -> str:
-    """Add the structured metadata that can reach the result to the counting query's grouping key."""
-    from .planner import METADATA_SQL
-    if reduce is not None and not reduce.without:
-        if all(all(n in s.labels for n in reduce.labels) for s in streams.values()):
-            return sql
-        names = ", ".join(quote_string(n) for n in reduce.labels) or "''"
-        md = f"mapFilter((k, v) -> k IN ({names}), {METADATA_SQL})"
+def _label_names(f: A.LabelFilter):
+    if isinstance(f, A.BinaryLabelFilter):
+        yield from _label_names(f.left)
+        yield from _label_names(f.right)
+    elif isinstance(f, A.StringLabelFilter):
+        yield f.matcher.name
     else:
-        md = METADATA_SQL
-    head, _, tail = sql.partition(" FROM ")
-    group_head, _, _ = tail.rpartition(" GROUP BY ")
-    return f"{head}, {md} AS md FROM {group_head} GROUP BY StreamFingerprint, b, md"
+        yield f.name
+
+
+def visible_metadata(node: A.RangeAggregation, reduce: A.Grouping | None) -> list[str] | None:
+    """The metadata labels that can change a metric query's result, or None when any of them can.
+
+    A metadata label matters when the query names it: in a label filter, drop/keep, unwrap or the grouping
+    that survives (a parser's clash with metadata only renames a label to ``x_extracted``, which matters only
+    if ``x`` or ``x_extracted`` is named). Templates can read any label, and without a ``by`` grouping every
+    label reaches the result, so then all metadata is needed."""
+    if reduce is None or reduce.without:
+        return None
+    names = set(reduce.labels)
+    r = node.range
+    for st in r.query.stages:
+        if isinstance(st, (A.LineFormat, A.LabelFormat)):
+            return None
+        if isinstance(st, A.LabelFilterStage):
+            names.update(_label_names(st.filter))
+        elif isinstance(st, (A.Drop, A.Keep)):
+            names.update(it.name for it in st.labels)
+        elif isinstance(st, (A.JSONParser, A.LogfmtParser)):
+            names.update(e.name for e in st.params)
+    if r.unwrap is not None:
+        names.add(r.unwrap.label)
+        for f in r.unwrap.post_filters:
+            names.update(_label_names(f))
+    names.update(n[: -len("_extracted")] for n in list(names) if n.endswith("_extracted"))
+    names.discard("__error__")
+    names.discard("__error_details__")
+    return sorted(names)

@@ -16,6 +16,7 @@ The stream-label and structured-metadata conventions (DESIGN.md, Loki 3 OTLP) ar
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from . import ast as A
@@ -40,6 +41,29 @@ METADATA_SQL = (
     f"mapFilter((k, v) -> k NOT IN ({_PROMOTED}), ResourceAttributes))), "
     "if(TraceId = '', map(), map('trace_id', TraceId)), if(SpanId = '', map(), map('span_id', SpanId)))"
 )
+_SANITIZED = "replaceRegexpAll(k, '[^A-Za-z0-9_]', '_')"
+
+
+def metadata_sql(names: list[str] | None, p: "Params") -> str:
+    """Structured metadata of a row; with ``names``, only the labels of those names (what a query can see).
+
+    Building the whole map costs a regex per attribute key per row, most of a metric query's SQL time; the
+    restricted form tests a key's length first (sanitising keeps lengths) so the regex runs on few keys."""
+    if names is None:
+        return METADATA_SQL
+    if not names:
+        return "map()"
+    ns = p.add(sorted(set(names)), "Array(String)")
+    lens = p.add(sorted({len(n.encode()) for n in names}), "Array(UInt64)")
+    keep = f"(k, v) -> length(k) IN {lens} AND {_SANITIZED} IN {ns}"
+    parts = [f"mapApply({_SANITIZE}, mapFilter({keep}, LogAttributes))",
+             f"if(ScopeName = 'loki-push', map(), mapApply({_SANITIZE}, mapFilter((k, v) -> length(k) IN {lens} "
+             f"AND k NOT IN ({_PROMOTED}) AND {_SANITIZED} IN {ns}, ResourceAttributes)))"]
+    if "trace_id" in names:
+        parts.append("if(TraceId = '', map(), map('trace_id', TraceId))")
+    if "span_id" in names:
+        parts.append("if(SpanId = '', map(), map('span_id', SpanId))")
+    return f"mapConcat({', '.join(parts)})"
 
 
 class Params:
@@ -70,11 +94,29 @@ def matcher_sql(m: A.Matcher, column: str, p: Params) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ line filters
+_TOKEN_SEPARATORS = re.compile(r"[\x00-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f]")
+
+
+def interior_tokens(needle: str, limit: int = 8) -> list[str]:
+    """Whole tokens of the body's text index (tokenizer splitByNonAlpha: ASCII letters and digits and every
+    non-ASCII byte form tokens, anything else separates) that any line containing ``needle`` must hold: the
+    pieces with a separator on both sides inside the needle. The first and last piece may be part of a longer
+    token in the line, so they are left out."""
+    parts = _TOKEN_SEPARATORS.split(needle)
+    inner = [t for t in parts[1:-1] if t]
+    inner.sort(key=len, reverse=True)  # the longest tokens are the most selective
+    return inner[:limit]
+
+
 def _term_sql(op: str, term: A.LineFilterTerm, p: Params) -> str | None:
     if term.ip or op in ("|>", "!>"):
         return None
     if op in ("|=", "!="):
-        return f"position(Body, {p.add(term.value, 'String')}) > 0"
+        exact = f"position(Body, {p.add(term.value, 'String')}) > 0"
+        tokens = interior_tokens(term.value) if op == "|=" else []
+        if tokens:  # lets the text index skip granules; position() stays the exact test
+            return f"(hasAllTokens(Body, {p.add(tokens, 'Array(String)')}) AND {exact})"
+        return exact
     # Go's RE2 default: '.' does not match a newline; ClickHouse's match() lets it unless told (?-s).
     return f"match(Body, {p.add('(?-s)' + term.value, 'String')})"
 
@@ -155,13 +197,15 @@ def _entry_conds(plan: LogPlan, tenant: str, services: list[str], fingerprints: 
 
 
 def entries_sql(db: str, plan: LogPlan, tenant: str, services: list[str], fingerprints: list[int],
-                lo_ns: int, hi_ns: int, forward: bool, limit: int | None, metadata: bool) -> tuple[str, dict]:
+                lo_ns: int, hi_ns: int, forward: bool, limit: int | None,
+                metadata: bool | list[str]) -> tuple[str, dict]:
+    """Rows in time order; ``metadata`` True = every metadata label, a list = only those names, False = none."""
     p = Params()
     p.values.update(plan.params.values)
     conds = _entry_conds(plan, tenant, services, fingerprints, lo_ns, hi_ns, p)
     cols = "toUnixTimestamp64Nano(Timestamp) AS ts, StreamFingerprint, Body"
-    if metadata:
-        cols += f", {METADATA_SQL} AS md"
+    if metadata is not False:
+        cols += f", {metadata_sql(None if metadata is True else metadata, p)} AS md"
     order = "ASC" if forward else "DESC"
     sql = (f"SELECT {cols} FROM {db}.{LOGS} WHERE {' AND '.join(conds)} "
            f"ORDER BY Timestamp {order}, StreamFingerprint {order}")
@@ -171,15 +215,32 @@ def entries_sql(db: str, plan: LogPlan, tenant: str, services: list[str], finger
 
 
 def counts_sql(db: str, plan: LogPlan, tenant: str, services: list[str], fingerprints: list[int],
-               lo_ns: int, hi_ns: int, base_ns: int, bucket_ns: int) -> tuple[str, dict]:
-    """Per stream and bucket: entries and bytes. Bucket b holds base + (b-1)·g < ts <= base + b·g."""
+               lo_ns: int, hi_ns: int, base_ns: int, bucket_ns: int, *, with_bytes: bool,
+               group_labels: list[str] | None = None, metadata: bool | list[str] = False) -> tuple[str, dict]:
+    """Entries (and bytes) per bucket, where bucket b holds base + (b-1)·g < ts <= base + b·g.
+
+    Rows are ``(key, b, count, bytes[, md])``. With ``group_labels`` the key is the array of those stream labels'
+    values, so ClickHouse already sums the streams a ``sum by (...)`` merges; otherwise the key is the stream's
+    fingerprint, and ``metadata`` (True = all, a list = those names) adds the metadata labels to the grouping."""
     p = Params()
     p.values.update(plan.params.values)
     conds = _entry_conds(plan, tenant, services, fingerprints, lo_ns, hi_ns, p)
     g = p.add(bucket_ns, "Int64")
     b = f"intDiv(toUnixTimestamp64Nano(Timestamp) - {p.add(base_ns, 'Int64')} + {g} - 1, {g})"
-    sql = (f"SELECT StreamFingerprint, {b} AS b, count(), sum(length(Body)) FROM {db}.{LOGS} "
-           f"WHERE {' AND '.join(conds)} GROUP BY StreamFingerprint, b")
+    byte_sum = "sum(length(Body))" if with_bytes else "toUInt64(0)"
+    if group_labels is not None:
+        key = "[" + ", ".join(f"StreamLabels[{p.add(n, 'String')}]" for n in group_labels) + "]"
+        group = "key, b"
+        md = ""
+    else:
+        key = "StreamFingerprint"
+        group = "key, b"
+        md = ""
+        if metadata is not False:
+            md = f", {metadata_sql(None if metadata is True else metadata, p)} AS md"
+            group += ", md"
+    sql = (f"SELECT {key} AS key, {b} AS b, count(), {byte_sum}{md} FROM {db}.{LOGS} "
+           f"WHERE {' AND '.join(conds)} GROUP BY {group}")
     return sql, p.values
 
 
