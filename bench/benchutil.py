@@ -59,3 +59,67 @@ def wait_merges(store, log, timeout: float = 600.0) -> float:
     if waited > 5:
         log(f"# waited {waited:.0f}s for background merges")
     return waited
+
+
+# ------------------------------------------------------------------------------------------------ cached data sets
+MAX_AGE_NS = 6 * 24 * 3600 * 10**9  # the store's default retention is 7 days: older data would be TTL'd away
+
+
+def remove(path: str) -> None:
+    import shutil
+
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def open_cached(data_dir: str, want: dict, generate, log, regenerate: bool = False,
+                extra_files: tuple[str, ...] = ()):
+    """A benchmark's generated data set, reused while its manifest still matches ``want``.
+
+    ``data_dir`` holds ``store/`` (an embedded store), ``manifest.json`` and any ``extra_files``; the manifest is
+    written last, so its presence means a complete data set. ``generate(store)`` fills a fresh store and returns
+    the manifest, which must contain ``want``'s items, ``anchor_ns`` and ``generated_at``. Returns
+    (store, manifest, generated)."""
+    import json
+
+    from meshscope.store import EmbeddedStore
+
+    data_dir = os.path.abspath(data_dir)
+    man_path = os.path.join(data_dir, "manifest.json")
+    store_dir = os.path.join(data_dir, "store")
+    man = None
+    if os.path.exists(man_path) and not regenerate:
+        with open(man_path) as f:
+            man = json.load(f)
+        why = None
+        differ = {k: man.get(k) for k, v in want.items() if man.get(k) != v}
+        if differ:
+            why = f"parameters differ ({differ})"
+        elif time.time_ns() - man["anchor_ns"] > MAX_AGE_NS:
+            why = "older than 6 days (the store's TTL is 7)"
+        elif not os.path.isdir(store_dir) or not all(os.path.exists(os.path.join(data_dir, f)) for f in extra_files):
+            why = "files missing"
+        if why:
+            log(f"# cached data not reused: {why}")
+            man = None
+    if man is not None:
+        log(f"# reusing {data_dir} (generated {man['generated_at']})")
+        return EmbeddedStore(store_dir), man, False
+    os.makedirs(data_dir, exist_ok=True)
+    remove(man_path)
+    remove(store_dir)
+    store = EmbeddedStore(store_dir)
+    man = generate(store)
+    write_manifest(data_dir, man)
+    return store, man, True
+
+
+def write_manifest(data_dir: str, man: dict) -> None:
+    import json
+
+    path = os.path.join(os.path.abspath(data_dir), "manifest.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(man, f, indent=2)
+    os.replace(path + ".tmp", path)

@@ -32,12 +32,11 @@ import argparse
 import datetime as _dt
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
 
-from benchutil import load_avg, machine_info, wait_merges  # bench/ is the script's own folder
+from benchutil import load_avg, machine_info, open_cached, wait_merges  # bench/ is the script's own folder
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -48,7 +47,6 @@ GEN_VERSION = 1
 S = 10**9
 MIN = 60 * S
 SPAN_NS = (6 * 60 + 15) * MIN
-MAX_AGE_NS = 6 * 24 * 3600 * S
 SPANS_PER_TRACE = 10
 CLUSTER = "prod-eu-1"
 NAMESPACES = ["shop", "payments", "identity", "logistics"]
@@ -134,11 +132,6 @@ SELECT '{tenant}', fromUnixTimestamp64Nano(toInt64(ts)), trace_id, span_id, pare
 FROM ({inner})"""
 
 
-def _rm(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.remove(path)
 
 
 def generate(store, sizes: list[int], chunk: int, log) -> dict:
@@ -179,38 +172,10 @@ def generate(store, sizes: list[int], chunk: int, log) -> dict:
 
 
 def open_data(args, sizes: list[int], log):
-    from meshscope.store import EmbeddedStore
-
-    data_dir = os.path.abspath(args.data)
-    man_path = os.path.join(data_dir, "manifest.json")
-    store_dir = os.path.join(data_dir, "store")
-    man = None
-    if os.path.exists(man_path) and not args.regenerate:
-        with open(man_path) as f:
-            man = json.load(f)
-        why = None
-        if man.get("gen_version") != GEN_VERSION or man.get("sizes") != sizes:
-            why = f"parameters differ (sizes {man.get('sizes')}, version {man.get('gen_version')})"
-        elif time.time_ns() - man["anchor_ns"] > MAX_AGE_NS:
-            why = "older than 6 days (the store's TTL is 7)"
-        elif not os.path.isdir(store_dir):
-            why = "files missing"
-        if why:
-            log(f"# cached data not reused: {why}")
-            man = None
-    if man is not None:
-        log(f"# reusing {data_dir} (generated {man['generated_at']})")
-        return EmbeddedStore(store_dir), man, False
-    os.makedirs(data_dir, exist_ok=True)
-    _rm(man_path)
-    _rm(store_dir)
-    store = EmbeddedStore(store_dir)
-    log(f"# generating {', '.join(f'{n:,}' for n in sizes)} spans into {data_dir}")
-    man = generate(store, sizes, args.chunk, log)
-    with open(man_path + ".tmp", "w") as f:
-        json.dump(man, f, indent=2)
-    os.replace(man_path + ".tmp", man_path)  # written last: a manifest means a complete data set
-    return store, man, True
+    def gen(store):
+        log(f"# generating {', '.join(f'{n:,}' for n in sizes)} spans into {args.data}")
+        return generate(store, sizes, args.chunk, log)
+    return open_cached(args.data, {"gen_version": GEN_VERSION, "sizes": sizes}, gen, log, args.regenerate)
 
 
 def _totals(edges) -> dict:

@@ -35,13 +35,12 @@ import argparse
 import datetime as _dt
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 
-from benchutil import load_avg, machine_info, wait_merges  # bench/ is the script's own folder
+from benchutil import load_avg, machine_info, open_cached, remove, wait_merges  # bench/ is the script's own folder
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -51,7 +50,6 @@ if REPO not in sys.path:  # run from a checkout without installing
 GEN_VERSION = 1
 S = 10**9
 SPAN_NS = 25 * 3600 * S          # the data covers the 25 h before the anchor
-MAX_AGE_NS = 6 * 24 * 3600 * S   # regenerate before the 7-day TTL can drop parts
 NEEDLE = "c0ffee42-dead-4bad-beef-5ca1ab1e0042"  # a request id: grep and |= look for this exact text
 TARGET_NS = "shop"
 TENANT = "default"
@@ -199,11 +197,6 @@ def log_schema_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def _rm(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.remove(path)
 
 
 def generate(store, data_dir: str, lines: int, chunk: int, log) -> dict:
@@ -232,7 +225,7 @@ def generate(store, data_dir: str, lines: int, chunk: int, log) -> dict:
         f"GROUP BY ServiceName ORDER BY count() DESC, ServiceName", {"n": NEEDLE}).rows)
     raw = os.path.join(data_dir, "raw.log")
     t = time.perf_counter()
-    _rm(raw)
+    remove(raw)
     store.command(f"INSERT INTO FUNCTION file({_quote(raw)}, 'LineAsString') SELECT Body FROM {db}.otel_logs",
                   settings={"engine_file_truncate_on_insert": 1})
     raw_s = time.perf_counter() - t
@@ -262,41 +255,12 @@ def _grep(path: str) -> tuple[int, float]:
 
 
 def open_data(args, log):
-    """Reuse the cached data set when its manifest matches, else generate it. Returns (store, manifest)."""
-    from meshscope.store import EmbeddedStore
-
-    data_dir = os.path.abspath(args.data)
-    man_path = os.path.join(data_dir, "manifest.json")
-    store_dir = os.path.join(data_dir, "store")
-    man = None
-    if os.path.exists(man_path) and not args.regenerate:
-        with open(man_path) as f:
-            man = json.load(f)
-        why = None
-        if man.get("gen_version") != GEN_VERSION or man.get("lines") != args.lines:
-            why = f"parameters differ (lines {man.get('lines')}, version {man.get('gen_version')})"
-        elif man.get("schema_hash") != log_schema_hash():
-            why = "the log tables' schema changed"
-        elif time.time_ns() - man["anchor_ns"] > MAX_AGE_NS:
-            why = "older than 6 days (the store's TTL is 7)"
-        elif not os.path.exists(os.path.join(data_dir, "raw.log")) or not os.path.isdir(store_dir):
-            why = "files missing"
-        if why:
-            log(f"# cached data not reused: {why}")
-            man = None
-    if man is not None:
-        log(f"# reusing {data_dir} (generated {man['generated_at']}, {man['rows']:,} rows)")
-        return EmbeddedStore(store_dir), man, False
-    os.makedirs(data_dir, exist_ok=True)
-    _rm(man_path)
-    _rm(store_dir)
-    store = EmbeddedStore(store_dir)
-    log(f"# generating {args.lines:,} lines into {data_dir}")
-    man = generate(store, data_dir, args.lines, args.chunk, log)
-    with open(man_path + ".tmp", "w") as f:
-        json.dump(man, f, indent=2)
-    os.replace(man_path + ".tmp", man_path)  # written last: a manifest means a complete data set
-    return store, man, True
+    """Reuse the cached data set when its manifest matches, else generate it. Returns (store, manifest, new)."""
+    def gen(store):
+        log(f"# generating {args.lines:,} lines into {args.data}")
+        return generate(store, os.path.abspath(args.data), args.lines, args.chunk, log)
+    want = {"gen_version": GEN_VERSION, "lines": args.lines, "schema_hash": log_schema_hash()}
+    return open_cached(args.data, want, gen, log, args.regenerate, extra_files=("raw.log",))
 
 
 def timed_runs(fn, runs: int, check=None) -> tuple[float, list[float], object]:

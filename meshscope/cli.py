@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     from meshscope.query.graphcli import add_graph_subparser
 
     add_graph_subparser(sub)
+    from meshscope.query.tracecli import add_traces_subparser
+
+    add_traces_subparser(sub)
     return parser
 
 
@@ -128,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         from meshscope.query.graphcli import run_graph
 
         return run_graph(args)
+    if args.command == "traces":
+        from meshscope.query.tracecli import run_traces
+
+        return run_traces(args)
     parser.print_help()
     return 2
 

@@ -8,14 +8,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from meshscope.query.cliutil import CliError, run_guarded
 
 DEFAULT_ADDR = "http://localhost:3100"
 GRAPH_TYPES = ("workload", "app", "versionedApp", "service")
 OUTPUTS = ("table", "json", "dot", "svg")
-
-
-class CliError(Exception):
-    """A failure to report as one line on stderr (exit code 1)."""
 
 
 def add_graph_subparser(subparsers) -> argparse.ArgumentParser:
@@ -193,7 +190,7 @@ def format_dot(doc: dict) -> str:
 # ------------------------------------------------------------------------------------------- command
 def run_graph(args) -> int:
     """``meshscope graph``: print the graph; any failure is one line on stderr and exit code 1."""
-    try:
+    def show() -> int:
         if args.output == "svg":
             body = fetch(args, "/api/graph.svg")
             sys.stdout.write(body.decode("utf-8", "replace"))
@@ -217,17 +214,5 @@ def run_graph(args) -> int:
             sys.stdout.write(format_table(doc, args.response_time))
         sys.stdout.flush()
         return 0
-    except CliError as err:
-        print(f"Error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
-        return 0
-    except Exception as err:  # noqa: BLE001 - never a traceback
-        print(f"Error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+
+    return run_guarded(show)

@@ -11,13 +11,10 @@ import argparse
 import os
 import sys
 import time
+from meshscope.query.cliutil import CliError, run_guarded
 
 DEFAULT_ADDR = "http://localhost:3100"
 NS = 1_000_000_000
-
-
-class CliError(Exception):
-    """A failure to report as one line on stderr (exit code 1)."""
 
 
 # ------------------------------------------------------------------------------------------- argument parsing
@@ -636,17 +633,4 @@ def run_logs(args, parser: argparse.ArgumentParser | None = None) -> int:
         print("usage: meshscope logs {query,instant-query,labels,series,stats} ... (see meshscope logs -h)",
               file=sys.stderr)
         return 2
-    try:
-        return fn(args)
-    except CliError as err:
-        print(f"Query failed: {err}" if fn in (cmd_query, cmd_instant) else f"Error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # the reader (head, less) went away: not an error
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
-        return 0
+    return run_guarded(lambda: fn(args), "Query failed" if fn in (cmd_query, cmd_instant) else "Error")
