@@ -47,6 +47,8 @@ import numpy as np
 import re2
 
 from . import ast
+from .. import vectorops as vo
+from ..vectorops import S as _S, key as _key
 
 __all__ = ["Series", "SampleSource", "Matrix", "Vector", "Scalar", "EvalError", "Evaluator",
            "format_value", "labels_string"]
@@ -86,6 +88,10 @@ class Scalar:
 
 class EvalError(ValueError):
     """A user error with Loki's message text (the HTTP layer turns it into a 400)."""
+
+
+# Loki's flavour of the operator/aggregation core shared with PromQL (query/vectorops.py).
+_SEM = vo.Semantics("loki", EvalError, div_zero_nan=True, drop_name=False, kahan=False)
 
 
 # ---------------------------------------------------------------- Loki message texts
@@ -158,19 +164,6 @@ def format_value(v: float) -> str:
 
 
 # ---------------------------------------------------------------- internal helpers
-def _key(labels: dict[str, str]) -> tuple:
-    return tuple(sorted(labels.items()))
-
-
-@dataclass
-class _S:
-    """A series during evaluation: one value slot per step, ``p`` says whether a point exists."""
-    labels: dict[str, str]
-    key: tuple
-    v: np.ndarray
-    p: np.ndarray
-
-
 @dataclass
 class _Ctx:
     start: int
@@ -220,35 +213,8 @@ _SET = {"and", "or", "unless"}
 
 
 def _arith(op: str, a, b):
-    """Loki MergeBinOp arithmetic/comparison on numpy arrays (or scalars) with Go float semantics."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    with np.errstate(all="ignore"):
-        if op == "+":
-            return a + b
-        if op == "-":
-            return a - b
-        if op == "*":
-            return a * b
-        if op == "/":
-            return np.where(b == 0, np.nan, a / np.where(b == 0, 1.0, b))
-        if op == "%":
-            return np.where(b == 0, np.nan, np.fmod(a, np.where(b == 0, 1.0, b)))
-        if op == "^":
-            return np.power(a, b)  # C pow == Go math.Pow special cases (0^-1=+Inf, (-8)^(1/3)=NaN)
-        if op == "==":
-            return a == b
-        if op == "!=":
-            return a != b
-        if op == ">":
-            return a > b
-        if op == ">=":
-            return a >= b
-        if op == "<":
-            return a < b
-        if op == "<=":
-            return a <= b
-    raise EvalError(f"should never happen: unexpected operation: ({op})")
+    """Loki MergeBinOp arithmetic/comparison (x/0 → NaN), shared with PromQL in ``vectorops``."""
+    return vo.arith(op, a, b, _SEM)
 
 
 def _scalar_value(expr) -> float | None:
@@ -263,129 +229,15 @@ def _scalar_value(expr) -> float | None:
 
 
 # ---------------------------------------------------------------- window kernels
-def _windows(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray):
-    """Index bounds [lo, hi) of the samples in each left-open, right-closed window."""
-    return np.searchsorted(ts, starts, side="right"), np.searchsorted(ts, ends, side="right")
-
-
-def _reduceat(ufunc, vals: np.ndarray, los: np.ndarray, his: np.ndarray, pad: float) -> np.ndarray:
-    """``ufunc.reduce(vals[lo:hi])`` for each non-empty window, in C, O(n + sum of window sizes)."""
-    padded = np.append(vals, pad)
-    idx = np.empty(2 * len(los), dtype=np.intp)
-    idx[0::2] = los
-    idx[1::2] = his
-    return ufunc.reduceat(padded, idx)[0::2]
-
-
-def _window_sums(vals: np.ndarray, los: np.ndarray, his: np.ndarray) -> np.ndarray:
-    """Per-window sums; prefix sums when that is exact (integral values: counts, bytes)."""
-    if len(vals) and np.all(np.isfinite(vals)) and np.all(vals == np.round(vals)) and \
-            float(np.abs(vals).sum()) < 2.0 ** 53:
-        cs = np.concatenate(([0.0], np.cumsum(vals)))
-        return cs[his] - cs[los]
-    return _reduceat(np.add, vals, los, his, 0.0)
-
-
-def _expand(los: np.ndarray, his: np.ndarray):
-    """Flattened sample indices of all windows plus each window's start offset in that array."""
-    lens = his - los
-    starts = np.cumsum(lens) - lens
-    idx = np.repeat(los - starts, lens) + np.arange(int(lens.sum()))
-    return idx, starts, lens
-
-
-def _quantile(q: float, w: np.ndarray) -> float:
-    """Prometheus/Loki quantile: sort, rank = q(n-1), linear interpolation."""
-    if len(w) == 0 or math.isnan(q):
-        return math.nan
-    if q < 0:
-        return -math.inf
-    if q > 1:
-        return math.inf
-    w = np.sort(w)
-    n = len(w)
-    rank = q * (n - 1)
-    lower = max(0, math.floor(rank))
-    upper = min(n - 1, lower + 1)
-    weight = rank - math.floor(rank)
-    return float(w[lower] * (1 - weight) + w[upper] * weight)
+_windows, _reduceat, _window_sums, _expand, _quantile = vo.windows, vo.reduceat, vo.window_sums, vo.expand, vo.quantile
+_go_expand = vo.go_expand
 
 
 def _rate_counter(ts: np.ndarray, vals: np.ndarray, los, his, starts, ends, range_s: float) -> np.ndarray:
-    """Prometheus extrapolatedRate(isCounter, isRate) against the window bounds, ns clock."""
-    out = np.zeros(len(los))
-    n = his - los
-    many = n >= 2
-    if not many.any():
-        return out
-    lo, hi = los[many], his[many]
-    first_v, last_v = vals[lo], vals[hi - 1]
-    first_t, last_t = ts[lo], ts[hi - 1]
-    # counter resets: whenever a value drops, the previous value is added back
-    drops = np.zeros(len(vals) + 1)
-    if len(vals) > 1:
-        drops[1:len(vals)] = np.where(vals[1:] < vals[:-1], vals[:-1], 0.0)
-    corr = _reduceat(np.add, drops[:-1], lo + 1, hi, 0.0)
-    result = last_v - first_v + corr
-    with np.errstate(all="ignore"):
-        to_start = (first_t - starts[many]).astype(np.float64) / 1e9
-        to_end = (ends[many] - last_t).astype(np.float64) / 1e9
-        sampled = (last_t - first_t).astype(np.float64) / 1e9
-        avg = sampled / (n[many] - 1)
-        threshold = avg * 1.1
-        to_start = np.where(to_start >= threshold, avg / 2, to_start)
-        zero_ok = (result > 0) & (first_v >= 0)
-        to_zero = sampled * (first_v / np.where(result == 0, 1.0, result))
-        to_start = np.where(zero_ok & (to_zero < to_start), to_zero, to_start)
-        to_end = np.where(to_end >= threshold, avg / 2, to_end)
-        factor = (sampled + to_start + to_end) / sampled / range_s
-        out[many] = result * factor
+    """Prometheus extrapolatedRate(isCounter, isRate) against the window bounds; Loki answers 0 below 2 samples."""
+    out = vo.extrapolated_rate(ts, vals, los, his, starts, ends, range_s, True, True)
+    out[(his - los) < 2] = 0.0
     return out
-
-
-# ---------------------------------------------------------------- go-style regexp expansion
-def _is_word(c: str) -> bool:
-    return c == "_" or ("0" <= c <= "9") or ("a" <= c <= "z") or ("A" <= c <= "Z")
-
-
-def _go_expand(template: str, m, rx) -> str:
-    """Go ``Regexp.Expand``: ``$1``/``${1}``/``$name``/``${name}``, ``$$``; malformed ``$`` is literal."""
-    out = []
-    i, n = 0, len(template)
-    names = rx.groupindex
-    ngroups = rx.groups
-    while i < n:
-        c = template[i]
-        if c != "$":
-            out.append(c)
-            i += 1
-            continue
-        i += 1
-        if i < n and template[i] == "$":
-            out.append("$")
-            i += 1
-            continue
-        brace = i < n and template[i] == "{"
-        j = i + 1 if brace else i
-        k = j
-        while k < n and _is_word(template[k]):
-            k += 1
-        name = template[j:k]
-        if not name or (brace and (k >= n or template[k] != "}")):
-            out.append("$")  # malformed: keep '$' and continue with the text after it
-            continue
-        i = k + 1 if brace else k
-        num = -1
-        if name.isascii() and name.isdigit() and len(name) <= 8:
-            num = int(name)
-        if num >= 0:
-            if num <= ngroups and m.start(num) >= 0:
-                out.append(m.group(num))
-        elif name in names:
-            g = names[name]
-            if m.start(g) >= 0:
-                out.append(m.group(g))
-    return "".join(out)
 
 
 # ---------------------------------------------------------------- evaluator
@@ -577,87 +429,9 @@ class Evaluator:
     # ------------------------------------------------------------ vector aggregations
     def _vector_agg(self, node: ast.VectorAggregation, ctx: _Ctx) -> list[_S]:
         inner = self._eval(node.expr, ctx)
-        # label order, so that ties (topk) break the same way whatever order the source produced series in
-        inner = sorted((s for s in inner if s.p.any()), key=lambda s: s.key)
-        op = node.op
         g = node.grouping
-        groups: dict[tuple, tuple[dict, list[_S]]] = {}
-        for s in inner:
-            if g is None:
-                gl = {}
-            else:
-                gl = _group_labels(s.labels, g)
-            groups.setdefault(_key(gl), (gl, []))[1].append(s)
-        out: list[_S] = []
-        for gk, (gl, members) in groups.items():
-            V = np.stack([s.v for s in members])
-            P = np.stack([s.p for s in members])
-            if op in ("topk", "bottomk", "approx_topk", "sort", "sort_desc"):
-                out.extend(self._select(op, node.param, members, V, P))
-                continue
-            any_p = P.any(axis=0)
-            with np.errstate(all="ignore"):
-                if op == "sum":
-                    val = np.where(P, V, 0.0).sum(axis=0)
-                elif op == "count":
-                    val = P.sum(axis=0).astype(np.float64)
-                elif op in ("avg", "stddev", "stdvar", "min", "max"):
-                    val = self._fold_rows(op, V, P)
-                else:
-                    raise EvalError(f"unsupported vector aggregation operation: {op}")
-            out.append(_S(gl, gk, val, any_p))
-        return out
-
-    @staticmethod
-    def _fold_rows(op: str, V: np.ndarray, P: np.ndarray) -> np.ndarray:
-        """Loki's per-group running aggregates, applied row by row (input order) for every step at once."""
-        n = V.shape[1]
-        seen = np.zeros(n, dtype=bool)
-        cnt = np.zeros(n)
-        mean = np.zeros(n)
-        val = np.zeros(n)
-        for v, p in zip(V, P):
-            new = p & ~seen
-            upd = p & seen
-            cnt = np.where(p, cnt + 1, cnt)
-            if op == "avg":
-                mean = np.where(new, v, np.where(upd, mean + (v - mean) / np.where(cnt == 0, 1, cnt), mean))
-            elif op in ("stddev", "stdvar"):
-                delta = v - mean
-                nmean = mean + delta / np.where(cnt == 0, 1, cnt)
-                val = np.where(new, 0.0, np.where(upd, val + delta * (v - nmean), val))
-                mean = np.where(new, v, np.where(upd, nmean, mean))
-            elif op == "max":
-                val = np.where(new | (upd & ((val < v) | np.isnan(val))), v, val)
-            elif op == "min":
-                val = np.where(new | (upd & ((val > v) | np.isnan(val))), v, val)
-            seen |= p
-        if op == "avg":
-            return mean
-        if op == "stdvar":
-            return val / np.where(cnt == 0, 1, cnt)
-        if op == "stddev":
-            return np.sqrt(val / np.where(cnt == 0, 1, cnt))
-        return val
-
-    @staticmethod
-    def _select(op, param, members: list[_S], V: np.ndarray, P: np.ndarray) -> list[_S]:
-        """topk/bottomk/sort/sort_desc: keep original series; NaN ranks after every number."""
-        desc = op in ("topk", "approx_topk", "sort_desc")
-        isnan = np.isnan(V)
-        vkey = np.where(isnan, 0.0, -V if desc else V)
-        order = np.lexsort((vkey, isnan, ~P), axis=0)  # stable: ties keep input (label) order
-        ranks = np.empty_like(order)
-        cols = np.arange(V.shape[1])
-        ranks[order, cols[None, :]] = np.arange(V.shape[0])[:, None]
-        if op in ("sort", "sort_desc"):
-            keep = P
-        else:
-            keep = P & (ranks < int(param))
-        out = [_S(s.labels, s.key, s.v, keep[i]) for i, s in enumerate(members)]
-        if V.shape[1] == 1:  # instant query: the order is part of the answer
-            out = [out[i] for i in order[:, 0]]
-        return out
+        group_of = (lambda labels: {}) if g is None else (lambda labels: _group_labels(labels, g))
+        return vo.aggregate(node.op, inner, group_of, _SEM, ctx.n, node.param)
 
     # ------------------------------------------------------------ binary operators
     def _binop(self, node: ast.BinaryOp, ctx: _Ctx) -> list[_S]:
@@ -690,112 +464,19 @@ class Evaluator:
 
     @staticmethod
     def _scalar_binop(op, lval, rval, vec: list[_S], return_bool: bool) -> list[_S]:
-        out = []
-        for s in vec:
-            a = lval if lval is not None else s.v
-            b = rval if rval is not None else s.v
-            res = _arith(op, a, b)
-            if op in _CMP:
-                if return_bool:
-                    out.append(_S(s.labels, s.key, res.astype(np.float64), s.p))
-                else:  # filter, keeping the vector sample's value whichever side it is on
-                    out.append(_S(s.labels, s.key, s.v, s.p & res))
-            else:
-                out.append(_S(s.labels, s.key, res, s.p))
-        return out
+        return vo.scalar_binop(op, lval, rval, vec, return_bool, _SEM)
 
     @staticmethod
     def _set_op(op, lhs, rhs, sig, n) -> list[_S]:
-        def any_by_sig(side):
-            acc: dict[tuple, np.ndarray] = {}
-            for s in side:
-                k = sig(s.labels)
-                acc[k] = acc[k] | s.p if k in acc else s.p.copy()
-            return acc
-
-        none = np.zeros(n, dtype=bool)
-        if op == "or":
-            left_any = any_by_sig(lhs)
-            return lhs + [_S(s.labels, s.key, s.v, s.p & ~left_any.get(sig(s.labels), none)) for s in rhs]
-        right_any = any_by_sig(rhs)
-        if op == "and":
-            return [_S(s.labels, s.key, s.v, s.p & right_any.get(sig(s.labels), none)) for s in lhs]
-        return [_S(s.labels, s.key, s.v, s.p & ~right_any.get(sig(s.labels), none)) for s in lhs]
+        return vo.set_op(op, lhs, rhs, sig, n)
 
     def _vector_binop(self, node: ast.BinaryOp, lhs, rhs, sig, n) -> list[_S]:
-        op, m = node.op, node.matching
-        card = m.card if m is not None else None
-        if card == "group_right":
-            many, one, side = rhs, lhs, "left"
-        else:
-            many, one, side = lhs, rhs, "right"
-        errors = []  # (first failing step, priority, message): Loki stops at the first one it meets
-
-        one_by_sig: dict[tuple, list[_S]] = {}
-        for s in one:
-            one_by_sig.setdefault(sig(s.labels), []).append(s)
-        for lst in one_by_sig.values():
-            if len(lst) > 1:
-                cnt = np.sum([s.p for s in lst], axis=0)
-                bad = np.nonzero(cnt > 1)[0]
-                if len(bad):
-                    errors.append((bad[0], 0, DUP_SIDE_MSG.format(side=side)))
-
-        entries = []
-        for ls in many:
-            k = sig(ls.labels)
-            for rs in one_by_sig.get(k, ()):
-                mask = ls.p & rs.p
-                if mask.any():
-                    metric = self._result_metric(ls.labels, rs.labels, m)
-                    entries.append((k, ls, rs, mask, metric))
-
-        # matching uniqueness checks (done by Loki before the operator, so filtered matches count)
-        counts: dict[tuple, np.ndarray] = {}
-        for k, ls, rs, mask, metric in entries:
-            ck = k if card is None else (k, _key(metric))
-            counts[ck] = counts[ck] + mask if ck in counts else mask.astype(np.int64)
-        for c in counts.values():
-            bad = np.nonzero(c > 1)[0]
-            if len(bad):
-                errors.append((bad[0], 1, MANY_TO_ONE_MSG if card is None else GROUPING_UNIQUE_MSG))
-        if errors:
-            raise EvalError(min(errors)[2])
-
-        out = []
-        for k, ls, rs, mask, metric in entries:
-            left, right = (rs.v, ls.v) if card == "group_right" else (ls.v, rs.v)
-            res = _arith(op, left, right)
-            if op in _CMP:
-                if node.return_bool:
-                    v, p = res.astype(np.float64), mask
-                else:
-                    v, p = left, mask & res
-            else:
-                v, p = res, mask
-            out.append(_S(metric, _key(metric), v, p))
-        return out
-
-    @staticmethod
-    def _result_metric(many: dict, one: dict, m: ast.VectorMatching | None) -> dict:
-        """Loki resultMetric: one-to-one keeps on-labels / drops ignored ones; include copies from the one side."""
-        out = dict(many)
+        m = node.matching
         if m is None:
-            return out
-        if m.card is None:
-            if m.on:
-                keep = set(m.labels)
-                out = {k: v for k, v in out.items() if k in keep}
-            else:
-                for name in m.labels:
-                    out.pop(name, None)
-        for name in m.include:
-            val = one.get(name, "")
-            if val:
-                out[name] = val
-            else:
-                out.pop(name, None)
-        return out
+            return vo.vector_binop(node.op, lhs, rhs, sig, n, None, False, [], [], node.return_bool, _SEM,
+                                   matched=False)
+        return vo.vector_binop(node.op, lhs, rhs, sig, n, m.card, m.on, list(m.labels), list(m.include),
+                               node.return_bool, _SEM, matched=True)
 
     # ------------------------------------------------------------ label_replace
     def _label_replace(self, node: ast.LabelReplace, ctx: _Ctx) -> list[_S]:
