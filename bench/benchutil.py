@@ -123,3 +123,16 @@ def write_manifest(data_dir: str, man: dict) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(man, f, indent=2)
     os.replace(path + ".tmp", path)
+
+
+def write_json(path: str | None, out: dict) -> None:
+    """The benchmark's figures and context as JSON, for scripts that compare runs (no file when path is empty)."""
+    import json
+    import sys
+
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2, default=str)
+    print(f"# wrote {path}", file=sys.stderr, flush=True)

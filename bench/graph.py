@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import statistics
 import sys
 import time
 
-from benchutil import load_avg, machine_info, open_cached, wait_merges  # bench/ is the script's own folder
+from benchutil import load_avg, machine_info, open_cached, wait_merges, write_json  # bench/'s shared helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -254,11 +253,7 @@ def run(args) -> int:
                config=dict(sizes=sizes, runs=args.runs, data=os.path.abspath(args.data),
                            windows={k: v // S for k, v in WINDOWS.items()}),
                load_average_end=load_avg())
-    if args.json_out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(out, f, indent=2)
-        log(f"# wrote {args.json_out}")
+    write_json(args.json_out, out)
     return 0
 
 

@@ -41,7 +41,7 @@ import time
 import urllib.error
 import urllib.request
 
-from benchutil import machine_info  # bench/ is the script's own folder
+from benchutil import machine_info, write_json  # bench/'s shared helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -957,11 +957,7 @@ def main(argv: list[str] | None = None) -> int:
                            target=args.target, server_args=args.server_arg or [],
                            items_per_request=ITEMS_PER_REQUEST, distinct_requests=DISTINCT_REQUESTS,
                            ceiling_rows=args.ceiling_rows, ceiling_batch=args.ceiling_batch))
-    if args.json_out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(out, f, indent=2)
-        print(f"# wrote {args.json_out}", file=sys.stderr)
+    write_json(args.json_out, out)
     return 0
 
 

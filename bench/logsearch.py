@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import statistics
 import subprocess
 import sys
 import time
 
-from benchutil import load_avg, machine_info, open_cached, remove, wait_merges  # bench/ is the script's own folder
+from benchutil import load_avg, machine_info, open_cached, remove, wait_merges, write_json  # bench/'s shared helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -497,11 +496,7 @@ def run(args) -> int:
                            loki_default_step_24h_s=loki_step_24h // S,
                            ranges=dict(a="whole data range (25 h)", b="1 h, 24 h", c="1 h")),
                load_average_end=load_avg())
-    if args.json_out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(out, f, indent=2)
-        log(f"# wrote {args.json_out}")
+    write_json(args.json_out, out)
     return 0
 
 

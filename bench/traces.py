@@ -39,7 +39,8 @@ REPO = os.path.dirname(HERE)
 if REPO not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, REPO)
 
-from benchutil import load_avg, machine_info, open_cached, wait_merges  # noqa: E402 - bench/'s shared helpers
+from benchutil import (load_avg, machine_info, open_cached, wait_merges,  # noqa: E402 - shared helpers
+                       write_json)
 from graph import _arr  # noqa: E402 - bench/graph.py's SQL array literal
 
 GEN_VERSION = 1
@@ -272,11 +273,7 @@ def run(args) -> int:
                data=dict(man, generated_now=generated, merge_wait_s=round(merge_wait_s, 1)),
                config=dict(size=args.size, runs=args.runs, data=os.path.abspath(args.data)),
                load_average_end=load_avg())
-    if args.json_out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(out, f, indent=2, default=str)
-        log(f"# wrote {args.json_out}")
+    write_json(args.json_out, out)
     return 0
 
 

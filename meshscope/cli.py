@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     from meshscope.query.tracecli import add_traces_subparser
 
     add_traces_subparser(sub)
+    from meshscope.query.promcli import add_metrics_subparser
+
+    add_metrics_subparser(sub)
     return parser
 
 
@@ -135,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         from meshscope.query.tracecli import run_traces
 
         return run_traces(args)
+    if args.command == "metrics":
+        from meshscope.query.promcli import run_metrics
+
+        return run_metrics(args)
     parser.print_help()
     return 2
 

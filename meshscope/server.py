@@ -17,6 +17,7 @@ from meshscope.collector.zipkin import ZipkinReceiver
 from meshscope.query.graph.edges import EdgeRollup
 from meshscope.query.graph_api import GraphService
 from meshscope.query.http_api import QueryApi
+from meshscope.query.prom_api import PromApi
 from meshscope.query.traces_api import TracesService
 from meshscope.query.logql.engine import LogQLEngine
 from meshscope.query.loki_api import LokiApi
@@ -72,6 +73,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         api.extra_routes += graph_api.routes()
         traces_api = TracesService(store, max_range_s=opts.retention_days * 86400)
         api.extra_routes += traces_api.routes()
+        prom_api = PromApi(store, retention=f"{opts.retention_days}d")
+        api.extra_routes += prom_api.routes()
 
         runners, sites = [], []
         inflight = InflightRequests()
@@ -123,6 +126,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         loki_api.close()
         graph_api.close()
         traces_api.close()
+        prom_api.close()
         left = await batcher.stop()
         if left:
             log.warning("the store did not take everything: %d segment(s) stay in the WAL and are inserted at the "

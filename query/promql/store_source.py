@@ -1,0 +1,922 @@
+"""Prometheus series over the OTel-exporter metric tables: the ``SeriesSource`` the PromQL engine reads.
+
+Mapping (``shared/reference/promql.md`` §1, the OTel "Prometheus compatibility" rules as Prometheus' own OTLP
+receiver applies them, strategy ``UnderscoreEscapingWithSuffixes``):
+
+* ``__name__``: the OTel name split on characters outside ``[A-Za-z0-9:]`` and re-joined with ``_``; the unit as a
+  word (``s`` → ``seconds``, ``By/s`` → ``bytes_per_second``, ``{request}`` and ``1`` → nothing) unless the name
+  already has that word; ``_total`` for monotonic sums, ``_ratio`` for gauges of unit ``1``; a leading digit gets
+  ``_``. Names that already carry their suffixes (Istio metrics forwarded by a collector) come out unchanged.
+* per table: gauge → ``name``; monotonic sum → ``name_total`` (counter); non-monotonic cumulative sum → ``name``
+  (gauge); histogram → ``name_bucket{le}`` (running sum of ``BucketCounts``, ``le="+Inf"`` = ``Count``),
+  ``name_sum``, ``name_count``; summary → ``name{quantile}``, ``name_sum``, ``name_count``; exponential
+  histogram → ``name_sum``, ``name_count`` only.
+* labels: data-point ``Attributes`` with names sanitised (``[^A-Za-z0-9_]`` → ``_``, leading digit → ``key_``;
+  keys that collide are joined with ``;`` in key order), empty values dropped; ``job`` = ``service.namespace/
+  service.name`` (or ``service.name``), ``instance`` = ``service.instance.id``, both overriding attributes; every
+  other resource attribute goes on one ``target_info`` series per (job, instance), value 1 at the resource's
+  point times. Scope attributes are not promoted (Prometheus' default).
+* temporality: delta monotonic sums and delta histograms keep the counter names and are turned into cumulative
+  series by a running sum over the selected samples (rates of windows with two samples are then exact); the
+  ``rate``/``increase`` push-down sums the deltas in the window instead (Prometheus' advice for native deltas,
+  no extrapolation). Non-monotonic delta sums are dropped (no Prometheus equivalent).
+* staleness: a point with the ``NoRecordedValue`` flag (``Flags & 1``) becomes Prometheus' stale-NaN sample.
+
+Label matchers go into SQL as bound parameters (``__name__`` is resolved in Python against a per-tenant metric
+catalogue); the exact matchers are applied again to the final label sets, so the SQL side only has to be no
+stricter than PromQL.
+"""
+from __future__ import annotations
+
+import math
+import re
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .matchers import match_labels, matches
+
+__all__ = ["StoreSeriesSource", "MetricCatalogue", "CatalogueEntry", "normalize_name", "label_name", "unit_word",
+           "load_series", "STALE_NAN", "STALE_NAN_BITS", "is_stale", "RawSeries", "format_le"]
+
+NS = 1_000_000_000
+CATALOGUE_TTL_S = 15.0
+GRID_SETTINGS = {"allow_experimental_ts_to_grid_aggregate_function": 1}
+
+from .source import STALE_BITS as STALE_NAN_BITS  # noqa: E402
+from .source import STALE_NAN, GridSeries, RawSeries, is_stale  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------- name mapping
+_UNIT_WORDS = {"d": "days", "h": "hours", "min": "minutes", "s": "seconds", "ms": "milliseconds",
+               "us": "microseconds", "ns": "nanoseconds", "By": "bytes", "KiBy": "kibibytes", "MiBy": "mebibytes",
+               "GiBy": "gibibytes", "TiBy": "tibibytes", "KBy": "kilobytes", "MBy": "megabytes",
+               "GBy": "gigabytes", "TBy": "terabytes", "m": "meters", "V": "volts", "A": "amperes", "J": "joules",
+               "W": "watts", "g": "grams", "Cel": "celsius", "Hz": "hertz", "%": "percent", "1": ""}
+_PER_UNIT_WORDS = {"s": "second", "m": "minute", "h": "hour", "d": "day", "w": "week", "mo": "month", "y": "year"}
+_PROM_NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
+_NAME_SPLIT = re.compile(r"[^A-Za-z0-9:]+")
+_UNIT_CLEAN = re.compile(r"[^A-Za-z0-9]+")
+_LABEL_CLEAN = re.compile(r"[^A-Za-z0-9_]")
+
+
+def _clean_unit(word: str) -> str:
+    return _UNIT_CLEAN.sub("_", word).strip("_")
+
+
+def unit_word(unit: str) -> tuple[str, str]:
+    """(main word, per word) of an OTel unit: ``By/s`` → (``bytes``, ``second``); annotations drop out."""
+    main, _, per = unit.partition("/")
+    main_w = "" if ("{" in main or "}" in main) else _clean_unit(_UNIT_WORDS.get(main, main))
+    per_w = "" if ("{" in per or "}" in per) else _clean_unit(_PER_UNIT_WORDS.get(per, per))
+    return main_w, per_w
+
+
+def normalize_name(name: str, unit: str = "", kind: str = "gauge") -> str:
+    """Prometheus family name of an OTel metric. ``kind``: ``counter`` (monotonic sum), ``gauge`` (gauge table),
+    ``sum`` (non-monotonic sum), ``histogram``, ``summary``."""
+    if _PROM_NAME.fullmatch(name):
+        # already a Prometheus name (Istio, collector-forwarded): keep its underscores as they are (a deviation
+        # from otlptranslator, which would collapse "__"; it lets every Prometheus name round-trip)
+        tokens = name.split("_")
+        lead = ""
+        while tokens and tokens[0] == "":
+            lead += "_"
+            tokens.pop(0)
+        return lead + _normalize_tokens(tokens, unit, kind)
+    tokens = [t for t in _NAME_SPLIT.split(name) if t]
+    out = _normalize_tokens(tokens, unit, kind)
+    if out and out[0].isdigit():
+        out = "_" + out
+    return out
+
+
+def _normalize_tokens(tokens: list[str], unit: str, kind: str) -> str:
+    main_w, per_w = unit_word(unit)
+    if main_w and main_w not in tokens:
+        tokens.append(main_w)
+    if per_w and not (len(tokens) >= 2 and tokens[-2] == "per" and tokens[-1] == per_w):
+        tokens += ["per", per_w]
+    if kind == "counter":
+        tokens = [t for t in tokens if t != "total"] + ["total"]
+    if unit == "1" and kind == "gauge":
+        tokens = [t for t in tokens if t != "ratio"] + ["ratio"]
+    return "_".join(tokens)
+
+
+def label_name(key: str) -> str:
+    """Prometheus label name of an attribute key (otlptranslator ``LabelNamer``, multiple underscores kept)."""
+    if key.startswith("__") and key.endswith("__") and len(key) > 4:
+        return key
+    out = _LABEL_CLEAN.sub("_", key)
+    if out and out[0].isdigit():
+        out = "key_" + out
+    return out
+
+
+def attributes_to_labels(attrs: dict[str, str]) -> dict[str, str]:
+    """Sanitised label names; colliding keys joined with ``;`` in the order of the original keys; empty dropped."""
+    out: dict[str, str] = {}
+    for k in sorted(attrs):
+        v = attrs[k]
+        if v == "":
+            continue
+        n = label_name(k)
+        if n == "":
+            continue
+        out[n] = f"{out[n]};{v}" if n in out else v
+    return out
+
+
+def job_instance(service: str, namespace: str, instance: str) -> dict[str, str]:
+    out = {}
+    if service:
+        out["job"] = f"{namespace}/{service}" if namespace else service
+    if instance:
+        out["instance"] = instance
+    return out
+
+
+def format_le(bound: float) -> str:
+    """``le``/``quantile`` text as Prometheus writes it: shortest plain decimal (Go ``'f', -1``), ``+Inf``."""
+    if math.isinf(bound):
+        return "+Inf" if bound > 0 else "-Inf"
+    if math.isnan(bound):
+        return "NaN"
+    r = repr(float(bound))
+    if "e" in r or "E" in r:
+        from decimal import Decimal
+        r = format(Decimal(r), "f")
+    if r.endswith(".0"):
+        r = r[:-2]
+    return r
+
+
+# ----------------------------------------------------------------------------------------------- catalogue
+TABLES = {"gauge": "otel_metrics_gauge", "sum": "otel_metrics_sum", "histogram": "otel_metrics_histogram",
+          "exponential_histogram": "otel_metrics_exponential_histogram", "summary": "otel_metrics_summary"}
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """One stored OTel metric (table, name, unit, sum flags) and one Prometheus series name it produces.
+
+    ``component``: ``value`` (gauge/sum), ``bucket``, ``sum``, ``count``, ``quantile`` (summary value series)."""
+    table: str
+    metric: str
+    unit: str
+    monotonic: bool
+    temporality: int
+    prom_name: str
+    component: str
+    family: str
+    prom_type: str
+    help: str = field(default="", compare=False)
+
+
+def catalogue_entries(table: str, metric: str, unit: str, monotonic: bool, temporality: int,
+                      help_text: str = "") -> list[CatalogueEntry]:
+    """The Prometheus names one stored metric answers to (none for non-monotonic delta sums)."""
+    def e(name, comp, fam, typ):
+        return CatalogueEntry(table, metric, unit, monotonic, temporality, name, comp, fam, typ, help_text)
+
+    if table == "gauge":
+        n = normalize_name(metric, unit, "gauge")
+        return [e(n, "value", n, "gauge")]
+    if table == "sum":
+        if monotonic:
+            n = normalize_name(metric, unit, "counter")
+            return [e(n, "value", n, "counter")]
+        if temporality == 1:
+            return []
+        n = normalize_name(metric, unit, "sum")
+        return [e(n, "value", n, "gauge")]
+    if table == "histogram":
+        n = normalize_name(metric, unit, "histogram")
+        return [e(n + "_bucket", "bucket", n, "histogram"), e(n + "_sum", "sum", n, "histogram"),
+                e(n + "_count", "count", n, "histogram")]
+    if table == "exponential_histogram":
+        n = normalize_name(metric, unit, "histogram")
+        return [e(n + "_sum", "sum", n, "histogram"), e(n + "_count", "count", n, "histogram")]
+    if table == "summary":
+        n = normalize_name(metric, unit, "summary")
+        return [e(n, "quantile", n, "summary"), e(n + "_sum", "sum", n, "summary"),
+                e(n + "_count", "count", n, "summary")]
+    return []
+
+
+class MetricCatalogue:
+    """Per-tenant list of stored metrics and the Prometheus names they map to, refreshed every few seconds.
+
+    Reads only ``TenantId``/``MetricName``/``MetricUnit`` and the sum flags (the first sort-key columns), so it
+    stays cheap at any data size; a name whose points lie outside a query's range resolves but selects nothing."""
+
+    def __init__(self, store, ttl_s: float = CATALOGUE_TTL_S):
+        self.store = store
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, list[CatalogueEntry]]] = {}
+        self._lock = threading.Lock()
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def entries(self, tenant: str) -> list[CatalogueEntry]:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(tenant)
+            if hit and now - hit[0] < self.ttl_s:
+                return hit[1]
+        db = self.store.database
+        parts = []
+        for kind, table in TABLES.items():
+            flags = "IsMonotonic, AggregationTemporality" if kind == "sum" else (
+                "false, AggregationTemporality" if kind in ("histogram", "exponential_histogram") else "false, 2")
+            parts.append(f"SELECT '{kind}' AS kind, MetricName, MetricUnit, {flags}, any(MetricDescription) "
+                         f"FROM {db}.{table} WHERE TenantId = {{tenant:String}} "
+                         f"GROUP BY MetricName, MetricUnit, 4, 5")
+        rows = self.store.query(" UNION ALL ".join(parts), parameters={"tenant": tenant}).rows
+        out: list[CatalogueEntry] = []
+        for kind, metric, unit, mono, temp, help_text in rows:
+            out += catalogue_entries(kind, metric, unit, bool(mono), int(temp), help_text or "")
+        out.sort(key=lambda c: (c.prom_name, c.table, c.metric, c.unit, c.temporality))
+        with self._lock:
+            self._cache[tenant] = (now, out)
+        return out
+
+    def resolve(self, tenant: str, name_matchers: list) -> list[CatalogueEntry]:
+        """Entries whose Prometheus name satisfies every ``__name__`` matcher."""
+        return [c for c in self.entries(tenant) if all(matches(m, c.prom_name) for m in name_matchers)]
+
+
+# ----------------------------------------------------------------------------------------------- SQL pieces
+_INSTANCE_SQL = "ResourceAttributes['service.instance.id']"
+# as the mapping: the resource's job/instance when it has them, else a data-point attribute of that name
+_JOB_SQL = ("if(ServiceName != '', if(ResourceAttributes['service.namespace'] != '', "
+            "concat(ResourceAttributes['service.namespace'], '/', ServiceName), ServiceName), Attributes['job'])")
+_INSTANCE_LABEL_SQL = f"if({_INSTANCE_SQL} != '', {_INSTANCE_SQL}, Attributes['instance'])"
+
+
+class _Params:
+    """Collects bound parameters under generated names."""
+
+    def __init__(self, base: dict | None = None):
+        self.values: dict = dict(base or {})
+
+    def add(self, value, typ: str = "String") -> str:
+        name = f"p{len(self.values)}"
+        self.values[name] = value
+        return f"{{{name}:{typ}}}"
+
+
+def _label_sql(name: str, p: _Params) -> str | None:
+    """SQL for a label's value as the mapping computes it, or None when it cannot be pushed down exactly."""
+    if name == "job":
+        return _JOB_SQL
+    if name == "instance":
+        return _INSTANCE_LABEL_SQL
+    if name in ("__name__", "le", "quantile") or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name.startswith("key_"):
+        return None
+    key = p.add(name)
+    if "_" not in name:  # no other attribute key sanitises to it
+        return f"Attributes[{key}]"
+    # the attribute itself, else the keys that sanitise to it (``http.method`` → ``http_method``), joined
+    return (f"if(mapContains(Attributes, {key}), Attributes[{key}], arrayStringConcat(arrayMap(k -> Attributes[k], "
+            f"arraySort(arrayFilter(k -> replaceRegexpAll(k, '[^A-Za-z0-9_]', '_') = {key}, mapKeys(Attributes)))), "
+            f"';'))")
+
+
+def _matcher_sql(m, p: _Params) -> str | None:
+    expr = _label_sql(m.name, p)
+    if expr is None:
+        return None
+    if m.op in ("=", "!="):
+        return f"{expr} {'=' if m.op == '=' else '!='} {p.add(m.value)}"
+    pat = p.add(f"^(?:{m.value})$")
+    return f"{'' if m.op == '=~' else 'NOT '}match({expr}, {pat})"
+
+
+MIN_SQL_NS, MAX_SQL_NS = 0, 9_000_000_000 * NS  # DateTime64(9) ends in 2262; API "all time" clamps here
+
+
+def _clamp(ns: int) -> int:
+    return max(MIN_SQL_NS, min(MAX_SQL_NS, int(ns)))
+
+
+def _time_sql(ns_param: str) -> str:
+    return f"fromUnixTimestamp64Nano({ns_param})"
+
+
+def _dt_literal(ns: int) -> str:
+    """A DateTime64(3) literal for grid parameters (aggregate parameters must be literals; this is an int)."""
+    ms = int(ns) // 1_000_000
+    return f"toDateTime64('{ms // 1000}.{ms % 1000:03d}', 3)"
+
+
+def _dec_literal(ns: int) -> str:
+    ms = int(ns) // 1_000_000
+    return f"toDecimal64('{ms // 1000}.{ms % 1000:03d}', 3)"
+
+
+_SERIES_KEY = f"ServiceName, ResourceAttributes['service.namespace'], {_INSTANCE_SQL}, Attributes"
+
+
+# ----------------------------------------------------------------------------------------------- the source
+class StoreSeriesSource:
+    """``SeriesSource`` over one tenant's metric tables (one instance per query; cheap to make)."""
+
+    def __init__(self, store, tenant: str = "default", catalogue: MetricCatalogue | None = None,
+                 max_series: int = 50_000, max_samples: int = 50_000_000):
+        self.store = store
+        self.tenant = tenant
+        self.catalogue = catalogue or MetricCatalogue(store)
+        self.max_series = max_series
+        self.max_samples = max_samples
+        self.db = store.database
+
+    # -------------------------------------------------------------------------------- selection
+    def _split(self, matchers: list) -> tuple[list, list]:
+        names = [m for m in matchers if m.name == "__name__"]
+        return names, [m for m in matchers if m.name != "__name__"]
+
+    def _where(self, entry_group: list[CatalogueEntry], label_matchers: list, start_ns: int, end_ns: int,
+               p: _Params, extra: str = "") -> str:
+        names = sorted({c.metric for c in entry_group})
+        conds = [f"TenantId = {p.add(self.tenant)}",
+                 f"MetricName IN {p.add(names, 'Array(String)')}",
+                 f"TimeUnix >= {_time_sql(p.add(_clamp(start_ns), 'Int64'))}",
+                 f"TimeUnix <= {_time_sql(p.add(_clamp(end_ns), 'Int64'))}"]
+        units = sorted({c.unit for c in entry_group})
+        conds.append(f"MetricUnit IN {p.add(units, 'Array(String)')}")
+        for m in label_matchers:
+            s = _matcher_sql(m, p)
+            if s is not None:
+                conds.append(s)
+        if extra:
+            conds.append(extra)
+        return " AND ".join(conds)
+
+    def _groups(self, matchers: list) -> tuple[dict, list]:
+        names, labels = self._split(matchers)
+        entries = self.catalogue.resolve(self.tenant, names)
+        groups: dict[tuple, list[CatalogueEntry]] = {}
+        for c in entries:
+            groups.setdefault((c.table, c.component), []).append(c)
+        return groups, labels
+
+    def select(self, matchers: list, start_ns: int, end_ns: int) -> list[RawSeries]:
+        """Raw samples in [start_ns, end_ns] of every series the matchers select, ascending; stale markers as
+        StaleNaN. Series whose label sets coincide (two OTel metrics mapping to one name) are merged."""
+        groups, label_matchers = self._groups(matchers)
+        out: dict[tuple, list[tuple[dict, np.ndarray, np.ndarray]]] = {}
+        total = 0
+        for (table, comp), entries in sorted(groups.items()):
+            for labels, ts, vals in self._read(table, comp, entries, label_matchers, start_ns, end_ns):
+                if not match_labels(matchers, labels):
+                    continue
+                total += len(ts)
+                if total > self.max_samples:
+                    from .errors import PromQLError
+                    raise PromQLError(f"query processing would load too many samples into memory "
+                                      f"(more than {self.max_samples})", "execution")
+                out.setdefault(tuple(sorted(labels.items())), []).append((labels, ts, vals))
+        if self._wants_target_info(matchers):
+            for labels, ts, vals in self._target_info(label_matchers, start_ns, end_ns):
+                if match_labels(matchers, labels):
+                    out.setdefault(tuple(sorted(labels.items())), []).append((labels, ts, vals))
+        if len(out) > self.max_series:
+            from .errors import PromQLError
+            raise PromQLError(f"the query selects more than {self.max_series} series", "execution")
+        result = []
+        for key in sorted(out):
+            parts = out[key]
+            if len(parts) == 1:
+                labels, ts, vals = parts[0]
+            else:
+                labels = parts[0][0]
+                ts = np.concatenate([x[1] for x in parts])
+                vals = np.concatenate([x[2] for x in parts])
+                order = np.argsort(ts, kind="stable")
+                ts, vals = ts[order], vals[order]
+                keep = np.ones(len(ts), bool)
+                keep[1:] = ts[1:] != ts[:-1]
+                ts, vals = ts[keep], vals[keep]
+            result.append(RawSeries({k: labels[k] for k in sorted(labels)}, ts, vals))
+        return result
+
+    def _read(self, table: str, comp: str, entries: list[CatalogueEntry], label_matchers: list, start_ns: int,
+              end_ns: int) -> Iterable[tuple[dict, np.ndarray, np.ndarray]]:
+        p = _Params()
+        where = self._where(entries, label_matchers, start_ns, end_ns, p)
+        tname = TABLES[table]
+        temporal = "AggregationTemporality" if table != "gauge" and table != "summary" else "2"
+        if comp == "value":
+            val = "Value"
+        elif comp == "sum":
+            val = "Sum"
+        elif comp == "count":
+            val = "toFloat64(Count)"
+        elif comp == "bucket":
+            val = "arrayMap(x -> toFloat64(x), BucketCounts)"
+        else:  # summary quantiles
+            val = "`ValueAtQuantiles.Value`"
+        extra_key = {"bucket": ", ExplicitBounds", "quantile": ", `ValueAtQuantiles.Quantile`"}.get(comp, "")
+        mono = "IsMonotonic" if table == "sum" else "false"
+        sql = (f"SELECT (MetricName, MetricUnit), ServiceName, ResourceAttributes['service.namespace'], "
+               f"{_INSTANCE_SQL}, Attributes, {temporal} AS temp, {mono} AS mono{extra_key}, "
+               f"groupArray(toUnixTimestamp64Nano(TimeUnix)), groupArray({val}), groupArray(Flags) "
+               f"FROM {self.db}.{tname} WHERE {where} "
+               f"GROUP BY MetricName, MetricUnit, {_SERIES_KEY}, temp, mono{extra_key}")
+        rows = self.store.query(sql, parameters=p.values).rows
+        by_key = _entry_index(entries)
+        for row in rows:
+            (metric, unit), service, ns, inst, attrs, temp, mono = row[:7]
+            entry = by_key.get((metric, unit, bool(mono), int(temp)))
+            if entry is None:  # another unit/kind of a selected name (or a dropped non-monotonic delta)
+                continue
+            extra = row[7] if extra_key else None
+            ts_list, val_list, flags = row[-3], row[-2], row[-1]
+            base = attributes_to_labels(dict(attrs))
+            base.update(job_instance(service, ns, inst))
+            ts = np.asarray(ts_list, dtype=np.int64)
+            order = np.argsort(ts, kind="stable")
+            ts = ts[order]
+            stale = (np.asarray(flags, dtype=np.uint32)[order] & 1).astype(bool)
+            delta = int(temp) == 1
+            if comp == "bucket":
+                yield from self._buckets(entry, base, ts, [val_list[i] for i in order], extra, stale, delta)
+                continue
+            if comp == "quantile":
+                yield from self._quantiles(entry, base, ts, [val_list[i] for i in order], extra, stale)
+                continue
+            vals = np.asarray(val_list, dtype=np.float64)[order]
+            if delta and comp in ("value", "sum", "count"):
+                vals = _cumulate(vals, stale)
+            name = entry.prom_name if comp == "value" else entry.family + ("_sum" if comp == "sum" else "_count")
+            labels = dict(base, __name__=name)
+            yield labels, ts, _mark_stale(vals, stale)
+
+    @staticmethod
+    def _buckets(entry, base, ts, rows, bounds, stale, delta):
+        k = len(bounds) + 1
+        mat = np.zeros((len(ts), k), dtype=np.float64)
+        for i, r in enumerate(rows):
+            n = min(len(r), k)
+            if n:
+                mat[i, :n] = r[:n]
+        if delta:
+            mat = np.where(stale[:, None], 0.0, mat).cumsum(axis=0)
+        cum = mat.cumsum(axis=1)
+        les = [format_le(b) for b in bounds] + ["+Inf"]
+        for j, le in enumerate(les):
+            labels = dict(base, __name__=entry.family + "_bucket", le=le)
+            yield labels, ts, _mark_stale(cum[:, j].copy(), stale)
+
+    @staticmethod
+    def _quantiles(entry, base, ts, rows, quantiles, stale):
+        mat = np.full((len(ts), len(quantiles)), np.nan)
+        for i, r in enumerate(rows):
+            n = min(len(r), len(quantiles))
+            mat[i, :n] = r[:n]
+        for j, q in enumerate(quantiles):
+            labels = dict(base, __name__=entry.family, quantile=format_le(q))
+            yield labels, ts, _mark_stale(mat[:, j].copy(), stale)
+
+    # -------------------------------------------------------------------------------- target_info
+    @staticmethod
+    def _wants_target_info(matchers: list) -> bool:
+        names = [m for m in matchers if m.name == "__name__"]
+        return all(matches(m, "target_info") for m in names)
+
+    def _target_info(self, label_matchers: list, start_ns: int, end_ns: int):
+        """One series per resource with value 1 at each distinct point time of that resource (any table)."""
+        job_inst = [m for m in label_matchers if m.name in ("job", "instance")]
+        parts, p = [], _Params()
+        for table in TABLES.values():
+            conds = [f"TenantId = {p.add(self.tenant)}",
+                     f"TimeUnix >= {_time_sql(p.add(_clamp(start_ns), 'Int64'))}",
+                     f"TimeUnix <= {_time_sql(p.add(_clamp(end_ns), 'Int64'))}",
+                     f"(ServiceName != '' OR {_INSTANCE_SQL} != '')"]
+            conds += [s for s in (_matcher_sql(m, p) for m in job_inst) if s]
+            parts.append(f"SELECT ServiceName AS s, ResourceAttributes AS r, toUnixTimestamp64Nano(TimeUnix) AS t "
+                         f"FROM {self.db}.{table} WHERE {' AND '.join(conds)}")
+        sql = (f"SELECT s, r, groupUniqArray(t) FROM ({' UNION ALL '.join(parts)}) GROUP BY s, r")
+        merged: dict[tuple, tuple[dict, set]] = {}
+        for service, res, times in self.store.query(sql, parameters=p.values).rows:
+            res = dict(res)
+            labels = attributes_to_labels({k: v for k, v in res.items()
+                                           if k not in ("service.name", "service.namespace", "service.instance.id")})
+            labels.update(job_instance(service, res.get("service.namespace", ""), res.get("service.instance.id", "")))
+            labels["__name__"] = "target_info"
+            key = tuple(sorted(labels.items()))
+            merged.setdefault(key, (labels, set()))[1].update(times)
+        for labels, times in merged.values():
+            ts = np.array(sorted(times), dtype=np.int64)
+            yield labels, ts, np.ones(len(ts))
+
+    # -------------------------------------------------------------------------------- metadata
+    def series(self, matchers: list, start_ns: int, end_ns: int) -> list[dict[str, str]]:
+        """Label sets of the selected series that have samples in the range (``/api/v1/series``)."""
+        groups, label_matchers = self._groups(matchers)
+        seen: dict[tuple, dict] = {}
+        for (table, comp), entries in sorted(groups.items()):
+            for labels in self._series_labels(table, comp, entries, label_matchers, start_ns, end_ns):
+                if match_labels(matchers, labels):
+                    seen[tuple(sorted(labels.items()))] = labels
+        if self._wants_target_info(matchers):
+            for labels, _, _ in self._target_info(label_matchers, start_ns, end_ns):
+                if match_labels(matchers, labels):
+                    seen[tuple(sorted(labels.items()))] = labels
+        return [{k: seen[key][k] for k in sorted(seen[key])} for key in sorted(seen)]
+
+    def _series_labels(self, table, comp, entries, label_matchers, start_ns, end_ns):
+        p = _Params()
+        where = self._where(entries, label_matchers, start_ns, end_ns, p)
+        extra = {"bucket": ", ExplicitBounds", "quantile": ", `ValueAtQuantiles.Quantile`"}.get(comp, "")
+        temporal = "AggregationTemporality" if table in ("sum", "histogram", "exponential_histogram") else "2"
+        mono = "IsMonotonic" if table == "sum" else "false"
+        sql = (f"SELECT DISTINCT (MetricName, MetricUnit), ServiceName, ResourceAttributes['service.namespace'], "
+               f"{_INSTANCE_SQL}, "
+               f"Attributes, {temporal}, {mono}{extra} FROM {self.db}.{TABLES[table]} WHERE {where}")
+        by_key = _entry_index(entries)
+        for row in self.store.query(sql, parameters=p.values).rows:
+            (metric, unit), service, ns, inst, attrs, temp, mono = row[:7]
+            entry = by_key.get((metric, unit, bool(mono), int(temp)))
+            if entry is None:
+                continue
+            base = attributes_to_labels(dict(attrs))
+            base.update(job_instance(service, ns, inst))
+            if comp == "bucket":
+                for le in [format_le(b) for b in row[7]] + ["+Inf"]:
+                    yield dict(base, __name__=entry.family + "_bucket", le=le)
+            elif comp == "quantile":
+                for q in row[7]:
+                    yield dict(base, __name__=entry.family, quantile=format_le(q))
+            else:
+                name = entry.prom_name if comp == "value" else entry.family + ("_sum" if comp == "sum" else "_count")
+                yield dict(base, __name__=name)
+
+    def label_names(self, start_ns: int, end_ns: int) -> list[str]:
+        """Every label name of the tenant's series in the range (``/api/v1/labels`` without ``match[]``)."""
+        p = _Params()
+        parts = []
+        for kind, table in TABLES.items():
+            parts.append(f"SELECT arrayJoin(mapKeys(Attributes)) AS k, max(ServiceName != '') AS j, "
+                         f"max({_INSTANCE_SQL} != '') AS i, '{kind}' AS kind FROM {self.db}.{table} "
+                         f"WHERE TenantId = {p.add(self.tenant)} "
+                         f"AND TimeUnix >= {_time_sql(p.add(_clamp(start_ns), 'Int64'))} "
+                         f"AND TimeUnix <= {_time_sql(p.add(_clamp(end_ns), 'Int64'))} GROUP BY k")
+            parts.append(f"SELECT '' AS k, max(ServiceName != '') AS j, max({_INSTANCE_SQL} != '') AS i, "
+                         f"'{kind}' AS kind FROM {self.db}.{table} WHERE TenantId = {p.add(self.tenant)} "
+                         f"AND TimeUnix >= {_time_sql(p.add(_clamp(start_ns), 'Int64'))} "
+                         f"AND TimeUnix <= {_time_sql(p.add(_clamp(end_ns), 'Int64'))} HAVING count() > 0")
+        names: set[str] = set()
+        for k, j, i, kind in self.store.query(" UNION ALL ".join(parts), parameters=p.values).rows:
+            names.add("__name__")
+            if k:
+                n = label_name(k)
+                if n:
+                    names.add(n)
+            if j:
+                names.add("job")
+            if i:
+                names.add("instance")
+            if kind == "histogram":
+                names.add("le")
+            if kind == "summary":
+                names.add("quantile")
+        return sorted(names)
+
+    def label_values(self, name: str, start_ns: int, end_ns: int) -> list[str]:
+        """Values of one label across the tenant's series in the range (``/api/v1/label/<name>/values``)."""
+        if name == "__name__":
+            return self.metric_names()
+        p = _Params()
+        expr = None if name in ("le", "quantile") else _label_sql(name, p)
+        if expr is None:
+            return sorted({s[name] for s in self.series([], start_ns, end_ns) if s.get(name)})
+        parts = []
+        for table in TABLES.values():
+            parts.append(f"SELECT DISTINCT {expr} AS v FROM {self.db}.{table} WHERE TenantId = {p.add(self.tenant)} "
+                         f"AND TimeUnix >= {_time_sql(p.add(_clamp(start_ns), 'Int64'))} "
+                         f"AND TimeUnix <= {_time_sql(p.add(_clamp(end_ns), 'Int64'))}")
+        rows = self.store.query(f"SELECT DISTINCT v FROM ({' UNION ALL '.join(parts)}) WHERE v != ''",
+                                parameters=p.values).rows
+        return sorted(r[0] for r in rows)
+
+    def metadata(self) -> dict[str, list[dict]]:
+        """``/api/v1/metadata``: family → [{type, help, unit}]."""
+        out: dict[str, list[dict]] = {}
+        for c in self.catalogue.entries(self.tenant):
+            item = {"type": c.prom_type, "help": c.help, "unit": unit_word(c.unit)[0]}
+            lst = out.setdefault(c.family, [])
+            if item not in lst:
+                lst.append(item)
+        return out
+
+    def metric_names(self) -> list[str]:
+        return sorted({c.prom_name for c in self.catalogue.entries(self.tenant)})
+
+    # -------------------------------------------------------------------------------- push-down
+    def range_function(self, fn: str, matchers: list, range_ns: int, *rest) -> list | None:
+        """``rate``/``increase`` evaluated in ClickHouse with ``timeSeriesRateToGrid``/``…IncreaseToGrid``
+        (Prometheus' extrapolation, verified equal in the reference §2.6): returns ``[(labels, values)]`` with one
+        float per step (NaN = no value; the metric name is kept, the engine drops it), or None when this call is
+        not one the push-down handles (the engine then evaluates the raw samples itself).
+
+        ``rest``: ``times_ns`` (evaluation times, evenly spaced, offset already applied) or ``offset_ns, steps``
+        with ``steps`` = (start_ns, end_ns, step_ns) or an array of times. Answers ``GridSeries``."""
+        if fn not in ("rate", "increase"):
+            return None
+        offset_ns, steps = (0, rest[0]) if len(rest) == 1 else (int(rest[0]), rest[1])
+        start_ns, end_ns, step_ns = _grid(steps)
+        if start_ns is None or range_ns <= 0:
+            return None
+        names, label_matchers = self._split(matchers)
+        entries = self.catalogue.resolve(self.tenant, names)
+        if self._wants_target_info(matchers) and not names:
+            return None
+        n_steps = (end_ns - start_ns) // step_ns + 1 if step_ns else 1
+        if any(c.component == "quantile" for c in entries) or (step_ns and (end_ns - start_ns) % step_ns):
+            return None
+        if any(c.table == "sum" and not c.monotonic for c in entries) or \
+                any(c.table == "gauge" for c in entries):
+            return None  # gauges: Prometheus' rate applies counter-reset logic regardless; keep to the raw path
+        lo, hi = start_ns - offset_ns, end_ns - offset_ns
+        out: dict[tuple, tuple[dict, np.ndarray]] = {}
+        groups: dict[tuple, list[CatalogueEntry]] = {}
+        for c in entries:
+            groups.setdefault((c.table, c.component), []).append(c)
+        for (table, comp), ents in sorted(groups.items()):
+            for labels, vals in self._grid_read(fn, table, comp, ents, label_matchers, lo, hi, step_ns, range_ns,
+                                                n_steps):
+                if not match_labels(matchers, labels):
+                    continue
+                key = tuple(sorted(labels.items()))
+                if key in out:  # two stored metrics, one series: Prometheus would see one merged series
+                    return None
+                out[key] = (labels, vals)
+                if len(out) > self.max_series:
+                    from .errors import PromQLError
+                    raise PromQLError(f"the query selects more than {self.max_series} series", "execution")
+        result = []
+        for k in sorted(out):
+            labels, vals = out[k]
+            result.append(GridSeries({k: labels[k] for k in sorted(labels)}, vals, ~np.isnan(vals)))
+        return result
+
+    def _grid_read(self, fn, table, comp, entries, label_matchers, lo, hi, step_ns, range_ns, n_steps):
+        p = _Params()
+        # rows that can fall in some window (t - range, t]; when the windows do not cover the whole range, skip
+        # the samples between them (the aggregate's input shrinks by range/step)
+        extra = ""
+        if step_ns > range_ns:
+            extra = (f"((({p.add(int(hi), 'Int64')} - toUnixTimestamp64Nano(TimeUnix)) % {p.add(int(step_ns), 'Int64')})"
+                     f" < {p.add(int(range_ns), 'Int64')})")
+        # cheap columns first (PREWHERE: tenant, name, time range, window filter) before any map is read
+        pre = self._where(entries, [], lo - range_ns + 1, hi, p,
+                          extra=" AND ".join(x for x in (extra, "bitAnd(Flags, 1) = 0") if x))
+        where = " AND ".join(s for s in (_matcher_sql(m, p) for m in label_matchers) if s) or "1"
+        grid = f"{_dt_literal(lo)}, {_dt_literal(hi)}, {_dec_literal(step_ns or NS)}, {_dec_literal(range_ns)}"
+        func_cum = "timeSeriesRateToGrid" if fn == "rate" else "timeSeriesIncreaseToGrid"
+        if comp == "bucket":
+            val = "arrayMap(x -> toFloat64(x), arrayCumSum(BucketCounts))"
+            ts_arg = "arrayResize(CAST([] AS Array(DateTime64(9))), length(BucketCounts), TimeUnix)"
+            cum = f"{func_cum}ForEach({grid})({ts_arg}, {val})"
+            dlt = f"timeSeriesSumToGridForEach({grid})({ts_arg}, {val})"
+            key_extra = ", ExplicitBounds"
+        else:
+            val = {"value": "Value", "sum": "Sum", "count": "toFloat64(Count)"}[comp]
+            cum = f"{func_cum}({grid})(TimeUnix, {val})"
+            dlt = f"timeSeriesSumToGrid({grid})(TimeUnix, {val})"
+            key_extra = ""
+        temporal = "AggregationTemporality" if table in ("sum", "histogram", "exponential_histogram") else "2"
+        mono = "IsMonotonic" if table == "sum" else "false"
+        group_flags = "".join(f"{c}, " for c in (mono, temporal) if c in ("IsMonotonic", "AggregationTemporality"))
+
+        def sql(agg: str, temp_cond: str) -> str:
+            # one aggregate per query: cumulative points get Prometheus' rate, delta points the sum of deltas
+            return (f"SELECT (MetricName, MetricUnit, {mono}, {temporal}), ServiceName, "
+                    f"ResourceAttributes['service.namespace'], {_INSTANCE_SQL}, Attributes{key_extra}, {agg} AS g "
+                    f"FROM {self.db}.{TABLES[table]} PREWHERE {temporal} {temp_cond} AND {pre} WHERE {where} "
+                    f"GROUP BY MetricName, MetricUnit, {group_flags}{_SERIES_KEY}{key_extra}")
+
+        sql_cum, sql_dlt = sql(cum, "!= 1"), sql(dlt, "= 1")
+        range_s = range_ns / NS
+        by_key = _entry_index(entries)
+        temps = {c.temporality == 1 for c in entries}
+        for delta, q in ((False, sql_cum), (True, sql_dlt)):
+            if delta not in temps or (delta and table == "gauge"):
+                continue  # the catalogue says no stored metric has this temporality: skip a whole scan
+            for row in self.store.query(q, parameters=p.values, settings=GRID_SETTINGS).rows:
+                (metric, unit, mono_v, temp_v), service, ns, inst, attrs = row[:5]
+                entry = by_key.get((metric, unit, bool(mono_v), int(temp_v)))
+                if entry is None:
+                    continue
+                base = attributes_to_labels(dict(attrs))
+                base.update(job_instance(service, ns, inst))
+                g = row[-1]
+                if comp == "bucket":
+                    bounds = row[5]
+                    les = [format_le(b) for b in bounds] + ["+Inf"]
+                    for j, le in enumerate(les):
+                        arr = _grid_array(g[j] if j < len(g) else [], n_steps)
+                        if delta and fn == "rate":
+                            arr = arr / range_s
+                        yield dict(base, __name__=entry.family + "_bucket", le=le), arr
+                    continue
+                arr = _grid_array(g, n_steps)
+                if delta and fn == "rate":
+                    arr = arr / range_s
+                name = entry.prom_name if comp == "value" else entry.family + ("_sum" if comp == "sum" else "_count")
+                yield dict(base, __name__=name), arr
+
+
+def _entry_index(entries: list[CatalogueEntry]) -> dict[tuple, CatalogueEntry]:
+    """(MetricName, MetricUnit, monotonic, temporality) → the catalogue entry a stored row belongs to."""
+    return {(c.metric, c.unit, c.monotonic, c.temporality): c for c in entries}
+
+
+def _grid(steps) -> tuple:
+    if isinstance(steps, tuple) and len(steps) == 3:
+        return int(steps[0]), int(steps[1]), int(steps[2])
+    arr = np.asarray(steps, dtype=np.int64)
+    if arr.ndim != 1 or len(arr) == 0:
+        return None, None, None
+    if len(arr) == 1:
+        return int(arr[0]), int(arr[0]), 0
+    d = np.diff(arr)
+    if not np.all(d == d[0]) or d[0] <= 0:
+        return None, None, None
+    return int(arr[0]), int(arr[-1]), int(d[0])
+
+
+def _grid_array(values, n: int) -> np.ndarray:
+    out = np.full(n, np.nan)
+    if values is None:
+        return out
+    vals = [np.nan if v is None else v for v in list(values)[:n]]
+    out[:len(vals)] = vals
+    return out
+
+
+def _cumulate(vals: np.ndarray, stale: np.ndarray) -> np.ndarray:
+    """Delta points → running total over the selected samples (stale points add nothing)."""
+    return np.where(stale, 0.0, vals).cumsum()
+
+
+def _mark_stale(vals: np.ndarray, stale: np.ndarray) -> np.ndarray:
+    if stale.any():
+        vals = vals.astype(np.float64, copy=True)
+        vals[stale] = STALE_NAN
+    return vals
+
+
+# ----------------------------------------------------------------------------------------------- test-data loader
+def load_series(store, tenant: str, series: Sequence[tuple[dict, Sequence[tuple[int, float]]]]) -> int:
+    """Write Prometheus series so that this mapping reads them back unchanged (for ``promqltest`` ``load`` blocks).
+
+    Representation: every series is one OTel **gauge** in ``otel_metrics_gauge`` (a gauge's name and values pass
+    through untouched: ``MetricUnit=''`` adds no suffix and names ending in ``_ratio`` only need unit ``1``
+    handled, which we avoid), ``MetricName`` = ``__name__`` verbatim, ``Attributes`` = the other labels (valid
+    label names map to themselves), ``job``/``instance`` kept as attributes with an empty resource (the resource
+    would override them). Stale markers (StaleNaN values) are written as NaN with ``Flags = 1``. Names that the
+    normaliser would change (anything outside ``[A-Za-z0-9_:]``, ``__`` runs) are refused. Returns rows written."""
+    names, units, attrs, ts_col, vals, flags = [], [], [], [], [], []
+    for labels, samples in series:
+        labels = dict(labels)
+        name = labels.pop("__name__", "")
+        if not name or normalize_name(name, "", "gauge") != name:
+            raise ValueError(f"metric name {name!r} would not round-trip through the OTel mapping")
+        for k in labels:
+            if label_name(k) != k:
+                raise ValueError(f"label name {k!r} would not round-trip through the OTel mapping")
+        kept = {k: v for k, v in labels.items() if v != ""}
+        for t, v in samples:
+            v = float(v)
+            stale = struct.pack("<d", v) == struct.pack("<Q", STALE_NAN_BITS)
+            names.append(name)
+            units.append("")
+            attrs.append(kept)
+            ts_col.append(int(t))
+            vals.append(float("nan") if stale else v)
+            flags.append(1 if stale else 0)
+    if not names:
+        return 0
+    sql = (f"INSERT INTO {store.database}.otel_metrics_gauge (TenantId, MetricName, MetricUnit, Attributes, "
+           f"StartTimeUnix, TimeUnix, Value, ValueType, Flags) "
+           f"SELECT {{tenant:String}}, x.1, '', mapFromArrays(x.2, x.3), fromUnixTimestamp64Nano(0), "
+           f"fromUnixTimestamp64Nano(x.4), toFloat64(x.5), 'double', x.6 "
+           f"FROM (SELECT arrayJoin(arrayZip({{n:Array(String)}}, {{k:Array(Array(String))}}, "
+           f"{{av:Array(Array(String))}}, {{t:Array(Int64)}}, {{v:Array(String)}}, {{f:Array(UInt32)}})) AS x)")
+    chunk = 50_000
+    for i in range(0, len(names), chunk):
+        store.command(sql, parameters={"tenant": tenant, "n": names[i:i + chunk], "k": [list(a) for a in attrs[i:i + chunk]],
+                                       "av": [list(a.values()) for a in attrs[i:i + chunk]],
+                                       "t": ts_col[i:i + chunk], "v": [repr(v) for v in vals[i:i + chunk]],
+                                       "f": flags[i:i + chunk]})
+    return len(names)
+
+
+# ----------------------------------------------------------------------------------------------- conformance
+class ConformanceStoreSource:
+    """The ``--store`` source of ``promql/conformance.py``: ``load`` blocks go through ``load_series`` into a real
+    embedded store and are read back through the mapping, push-down included.
+
+    promqltest data starts at the Unix epoch, which the tables' TTL would expire at once, so every timestamp is
+    stored shifted by ``shift_ns`` (a whole day inside the retention) and shifted back on the way out; PromQL
+    never sees the shift. ``clear`` switches to a fresh tenant."""
+
+    def __init__(self, store=None, data_dir: str | None = None):
+        if store is None:
+            import tempfile
+
+            from meshscope.schema import apply_schema
+            from meshscope.store import EmbeddedStore
+            store = EmbeddedStore(data_dir or tempfile.mkdtemp(prefix="meshscope-promql-conf-"))
+            apply_schema(store)
+            self._own = True
+        else:
+            self._own = False
+        self.store = store
+        day = 86400 * NS
+        self.shift_ns = (time.time_ns() // day - 2) * day
+        self._n = 0
+        self._pending: dict[tuple, tuple[dict, list]] = {}
+        self._native: list[tuple[dict, int]] = []
+        self._new_tenant()
+
+    def _new_tenant(self) -> None:
+        import uuid
+        self.tenant = f"conformance-{uuid.uuid4().hex[:12]}"
+        self.inner = StoreSeriesSource(self.store, self.tenant, MetricCatalogue(self.store, ttl_s=3600))
+
+    def clear(self) -> None:
+        self._pending.clear()
+        self._native.clear()
+        self._new_tenant()
+
+    def add(self, labels: dict, ts_ns: int, value: float) -> None:
+        k = tuple(sorted(labels.items()))
+        self._pending.setdefault(k, (dict(labels), []))[1].append((int(ts_ns) + self.shift_ns, float(value)))
+
+    def add_native(self, labels: dict, ts_ns: int) -> None:
+        self._native.append((dict(labels), int(ts_ns)))
+
+    def _flush(self) -> None:
+        if self._pending:
+            load_series(self.store, self.tenant, list(self._pending.values()))
+            self._pending.clear()
+            self.inner.catalogue.invalidate()
+
+    def _check_native(self, matchers, start_ns, end_ns) -> None:
+        for labels, t in self._native:
+            if start_ns <= t <= end_ns and match_labels(matchers, labels):
+                from .errors import PromQLError
+                raise PromQLError("native histograms are not supported", "unsupported")
+
+    def select(self, matchers: list, start_ns: int, end_ns: int) -> list[RawSeries]:
+        self._flush()
+        self._check_native(matchers, start_ns, end_ns)
+        out = self.inner.select(matchers, start_ns + self.shift_ns, end_ns + self.shift_ns)
+        for s in out:
+            s.ts = s.ts - self.shift_ns
+        return out
+
+    def range_function(self, fn: str, matchers: list, range_ns: int, times_ns) -> list | None:
+        self._flush()
+        times = np.asarray(times_ns, dtype=np.int64)
+        if len(times):
+            self._check_native(matchers, int(times.min()) - range_ns, int(times.max()))
+        return self.inner.range_function(fn, matchers, range_ns, times + self.shift_ns)
+
+    def label_names(self) -> list[str]:
+        self._flush()
+        return sorted({k for s in self.inner.series([], MIN_SQL_NS, MAX_SQL_NS) for k in s})
+
+    def close(self) -> None:
+        """The runner closes its source after every file; the process-wide store stays open for the next."""
+        self.clear()
+
+    def shutdown(self) -> None:
+        if self._own:
+            self.store.close()
+
+
+_CONFORMANCE_SOURCE: ConformanceStoreSource | None = None
+
+
+def conformance_source() -> ConformanceStoreSource:
+    """One store per process (chDB opens a directory once); each call starts a fresh tenant."""
+    global _CONFORMANCE_SOURCE
+    if _CONFORMANCE_SOURCE is None:
+        _CONFORMANCE_SOURCE = ConformanceStoreSource()
+        import atexit
+        atexit.register(_CONFORMANCE_SOURCE.shutdown)
+    else:
+        _CONFORMANCE_SOURCE.clear()
+    return _CONFORMANCE_SOURCE
