@@ -1,17 +1,10 @@
 """Acceptance: a multi-service trace sent by the real OpenTelemetry SDK over OTLP to ``meshscope serve`` comes back
 from ``/api/traces/<id>`` in Jaeger's shape (references, µs timings, typed tags, a process per service), a search by
 service and minDuration finds exactly the slow traces, and ``meshscope traces get|search`` print them.
-
-Until the server mounts the trace routes itself, the test stops the server and serves the routes from a helper
-process over the server's data directory (chDB: one process per data directory); once it does, the running
-server is queried directly.
 """
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,23 +18,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from conftest import free_port
-
 pytestmark = pytest.mark.slow
 
 MS = 1_000_000
-SERVE_ROUTES = """
-import sys
-from aiohttp import web
-from meshscope.store import EmbeddedStore
-from meshscope.query.traces_api import TracesService
-st = EmbeddedStore(sys.argv[1])
-app = web.Application()
-app.add_routes(TracesService(st).routes())
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=None, handle_signals=True)
-"""
-
-
 def get(url: str):
     try:
         with urllib.request.urlopen(url, timeout=30) as r:
@@ -106,124 +85,98 @@ def test_sdk_trace_through_jaeger_api(server_factory, capsys):
     for tp in tps.values():
         tp.shutdown()
 
-    status, _ = get(srv.http_url + "/api/services")
-    helper = None
     base = srv.http_url
-    if status != 200:  # trace routes not mounted by the server yet: serve them over its data dir
-        assert srv.stop() == 0, srv.log()
-        port = free_port()
-        helper = subprocess.Popen([sys.executable, "-c", SERVE_ROUTES, srv.data_dir, str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while True:
-            try:
-                if get(base + "/api/services")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert helper.poll() is None and time.time() < deadline, helper.stderr.read().decode()
-            time.sleep(0.2)
-    try:
-        # wait until the spans are stored (a running server flushes every 0.2 s)
-        deadline = time.time() + 60
-        while True:
-            status, doc = get(f"{base}/api/traces/{slow[0][0]}")
-            if status == 200 and len(doc["data"][0]["spans"]) == 6:
-                break
-            assert time.time() < deadline, doc
-            time.sleep(0.3)
+    # wait until the spans are stored (a running server flushes every 0.2 s)
+    deadline = time.time() + 60
+    while True:
+        status, doc = get(f"{base}/api/traces/{slow[0][0]}")
+        if status == 200 and len(doc["data"][0]["spans"]) == 6:
+            break
+        assert time.time() < deadline, doc
+        time.sleep(0.3)
 
-        assert get(base + "/api/services")[1]["data"] == ["checkout", "frontend", "payment"]
-        assert get(base + "/api/services/checkout/operations")[1]["data"] == ["POST", "POST /orders", "audit"]
+    assert get(base + "/api/services")[1]["data"] == ["checkout", "frontend", "payment"]
+    assert get(base + "/api/services/checkout/operations")[1]["data"] == ["POST", "POST /orders", "audit"]
 
-        trace_id, sids = slow[0]
-        t = doc["data"][0]
-        assert t["traceID"] == trace_id
-        spans = {s["spanID"]: s for s in t["spans"]}
-        assert set(spans) == set(sids.values())
-        procs = t["processes"]
-        assert sorted(p["serviceName"] for p in procs.values()) == ["checkout", "frontend", "payment"]
-        for p in procs.values():
-            ptags = {x["key"]: (x["type"], x["value"]) for x in p["tags"]}
-            assert ptags["service.version"] == ("string", "1.2") and ptags["host.cores"] == ("int64", 8)
-            assert ptags["telemetry.sdk.name"] == ("string", "opentelemetry")
-        svc_of = {sid: procs[s["processID"]]["serviceName"] for sid, s in spans.items()}
-        assert svc_of[sids["root"]] == "frontend" and svc_of[sids["checkout"]] == "checkout"
-        assert svc_of[sids["payment"]] == "payment"
+    trace_id, sids = slow[0]
+    t = doc["data"][0]
+    assert t["traceID"] == trace_id
+    spans = {s["spanID"]: s for s in t["spans"]}
+    assert set(spans) == set(sids.values())
+    procs = t["processes"]
+    assert sorted(p["serviceName"] for p in procs.values()) == ["checkout", "frontend", "payment"]
+    for p in procs.values():
+        ptags = {x["key"]: (x["type"], x["value"]) for x in p["tags"]}
+        assert ptags["service.version"] == ("string", "1.2") and ptags["host.cores"] == ("int64", 8)
+        assert ptags["telemetry.sdk.name"] == ("string", "opentelemetry")
+    svc_of = {sid: procs[s["processID"]]["serviceName"] for sid, s in spans.items()}
+    assert svc_of[sids["root"]] == "frontend" and svc_of[sids["checkout"]] == "checkout"
+    assert svc_of[sids["payment"]] == "payment"
 
-        def child_of(k):
-            return [r for r in spans[sids[k]]["references"] if r["refType"] == "CHILD_OF"]
+    def child_of(k):
+        return [r for r in spans[sids[k]]["references"] if r["refType"] == "CHILD_OF"]
 
-        assert child_of("root") == []
-        for k, parent in (("client", "root"), ("checkout", "client"), ("client2", "checkout"),
-                          ("payment", "client2"), ("audit", "checkout")):
-            assert child_of(k) == [{"refType": "CHILD_OF", "traceID": trace_id, "spanID": sids[parent]}]
-        assert {"refType": "FOLLOWS_FROM", "traceID": trace_id, "spanID": sids["root"]} in \
-            spans[sids["audit"]]["references"]
+    assert child_of("root") == []
+    for k, parent in (("client", "root"), ("checkout", "client"), ("client2", "checkout"),
+                      ("payment", "client2"), ("audit", "checkout")):
+        assert child_of(k) == [{"refType": "CHILD_OF", "traceID": trace_id, "spanID": sids[parent]}]
+    assert {"refType": "FOLLOWS_FROM", "traceID": trace_id, "spanID": sids["root"]} in \
+        spans[sids["audit"]]["references"]
 
-        root = spans[sids["root"]]
-        t0 = now + 100 * MS
-        assert root["startTime"] == t0 // 1000 and root["duration"] == 1_500_000
-        assert spans[sids["checkout"]]["startTime"] == (t0 + 2 * MS) // 1000
-        rtags = {x["key"]: (x["type"], x["value"]) for x in root["tags"]}
-        assert rtags["http.request.method"] == ("string", "GET")
-        assert rtags["http.response.status_code"] == ("int64", 500)
-        assert rtags["retry"] == ("bool", False)
-        assert rtags["sample.ratio"] == ("float64", 0.25)
-        assert rtags["tags.list"] == ("string", '["a","b"]')
-        assert rtags["user.id"] == ("string", "007")
-        assert rtags["span.kind"] == ("string", "server")
-        assert rtags["otel.scope.name"] == ("string", "e2e") and rtags["otel.scope.version"] == ("string", "0.1")
-        ptags = {x["key"]: (x["type"], x["value"]) for x in spans[sids["payment"]]["tags"]}
-        assert ptags["otel.status_code"] == ("string", "ERROR") and ptags["error"] == ("bool", True)
-        assert ptags["otel.status_description"] == ("string", "card declined")
-        ev = spans[sids["checkout"]]["logs"]
-        assert ev == [{"timestamp": (t0 + 3 * MS) // 1000,
-                       "fields": [{"key": "event", "type": "string", "value": "order.validated"},
-                                  {"key": "items", "type": "int64", "value": 3}]}]
-        assert {x["value"] for x in spans[sids["client"]]["tags"] if x["key"] == "span.kind"} == {"client"}
-        assert {x["value"] for x in spans[sids["audit"]]["tags"] if x["key"] == "span.kind"} == {"internal"}
+    root = spans[sids["root"]]
+    t0 = now + 100 * MS
+    assert root["startTime"] == t0 // 1000 and root["duration"] == 1_500_000
+    assert spans[sids["checkout"]]["startTime"] == (t0 + 2 * MS) // 1000
+    rtags = {x["key"]: (x["type"], x["value"]) for x in root["tags"]}
+    assert rtags["http.request.method"] == ("string", "GET")
+    assert rtags["http.response.status_code"] == ("int64", 500)
+    assert rtags["retry"] == ("bool", False)
+    assert rtags["sample.ratio"] == ("float64", 0.25)
+    assert rtags["tags.list"] == ("string", '["a","b"]')
+    assert rtags["user.id"] == ("string", "007")
+    assert rtags["span.kind"] == ("string", "server")
+    assert rtags["otel.scope.name"] == ("string", "e2e") and rtags["otel.scope.version"] == ("string", "0.1")
+    ptags = {x["key"]: (x["type"], x["value"]) for x in spans[sids["payment"]]["tags"]}
+    assert ptags["otel.status_code"] == ("string", "ERROR") and ptags["error"] == ("bool", True)
+    assert ptags["otel.status_description"] == ("string", "card declined")
+    ev = spans[sids["checkout"]]["logs"]
+    assert ev == [{"timestamp": (t0 + 3 * MS) // 1000,
+                   "fields": [{"key": "event", "type": "string", "value": "order.validated"},
+                              {"key": "items", "type": "int64", "value": 3}]}]
+    assert {x["value"] for x in spans[sids["client"]]["tags"] if x["key"] == "span.kind"} == {"client"}
+    assert {x["value"] for x in spans[sids["audit"]]["tags"] if x["key"] == "span.kind"} == {"internal"}
 
-        # search by service + minDuration finds exactly the slow traces (Jaeger API, µs window)
-        start_us, end_us = (now - 60 * 1_000_000_000) // 1000, (now + 60 * 1_000_000_000) // 1000
-        status, found = get(f"{base}/api/traces?service=frontend&minDuration=1s&start={start_us}&end={end_us}"
-                            f"&limit=20")
-        assert status == 200
-        assert sorted(x["traceID"] for x in found["data"]) == sorted(t for t, _ in slow)
-        status, found = get(f"{base}/api/traces?service=payment&minDuration=100ms&tags=%7B%22error%22%3A%22true"
-                            f"%22%7D&start={start_us}&end={end_us}")
-        assert [x["traceID"] for x in found["data"]] == [slow[0][0]]
-        status, found = get(f"{base}/api/traces?service=frontend&maxDuration=100ms&start={start_us}&end={end_us}")
-        assert sorted(x["traceID"] for x in found["data"]) == sorted(t for t, _ in fast)
-        assert get(f"{base}/api/traces/{'1' * 32}")[0] == 404
-        assert get(f"{base}/api/traces/not-hex")[0] == 400
+    # search by service + minDuration finds exactly the slow traces (Jaeger API, µs window)
+    start_us, end_us = (now - 60 * 1_000_000_000) // 1000, (now + 60 * 1_000_000_000) // 1000
+    status, found = get(f"{base}/api/traces?service=frontend&minDuration=1s&start={start_us}&end={end_us}"
+                        f"&limit=20")
+    assert status == 200
+    assert sorted(x["traceID"] for x in found["data"]) == sorted(t for t, _ in slow)
+    status, found = get(f"{base}/api/traces?service=payment&minDuration=100ms&tags=%7B%22error%22%3A%22true"
+                        f"%22%7D&start={start_us}&end={end_us}")
+    assert [x["traceID"] for x in found["data"]] == [slow[0][0]]
+    status, found = get(f"{base}/api/traces?service=frontend&maxDuration=100ms&start={start_us}&end={end_us}")
+    assert sorted(x["traceID"] for x in found["data"]) == sorted(t for t, _ in fast)
+    assert get(f"{base}/api/traces/{'1' * 32}")[0] == 404
+    assert get(f"{base}/api/traces/not-hex")[0] == 400
 
-        # the CLI against the same routes
-        from meshscope.query.tracecli import add_traces_subparser, run_traces
+    # the CLI against the same routes
+    from meshscope.query.tracecli import add_traces_subparser, run_traces
 
-        ap = argparse.ArgumentParser()
-        add_traces_subparser(ap.add_subparsers(dest="command"))
-        capsys.readouterr()
-        assert run_traces(ap.parse_args(["traces", "get", trace_id, "--addr", base])) == 0
-        out = capsys.readouterr().out.splitlines()
-        assert out[0].startswith(f"trace {trace_id}") and "6 spans, 3 services, 1 errors" in out[0]
-        assert out[1].startswith("frontend: GET /checkout") and "1.50s" in out[1]
-        assert out[2].startswith("  frontend: POST")
-        assert out[3].startswith("    checkout: POST /orders")
-        assert any(line.startswith("        payment: POST /charge !") for line in out)
-        assert run_traces(ap.parse_args(["traces", "search", "-s", "frontend", "--min-duration", "1s", "--since",
-                                         "1h", "--addr", base])) == 0
-        out = capsys.readouterr().out.splitlines()
-        assert out[0].split()[:3] == ["TRACE", "ID", "START"] and len(out) == 3
-        assert {line.split()[0] for line in out[1:]} == {t for t, _ in slow}
-        assert run_traces(ap.parse_args(["traces", "get", "zz", "--addr", base])) == 1
-        assert "invalid trace id" in capsys.readouterr().err
-    finally:
-        if helper is not None:
-            helper.send_signal(signal.SIGINT)
-            try:
-                helper.wait(30)
-            except subprocess.TimeoutExpired:
-                helper.kill()
-                helper.wait()
+    ap = argparse.ArgumentParser()
+    add_traces_subparser(ap.add_subparsers(dest="command"))
+    capsys.readouterr()
+    assert run_traces(ap.parse_args(["traces", "get", trace_id, "--addr", base])) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"trace {trace_id}") and "6 spans, 3 services, 1 errors" in out[0]
+    assert out[1].startswith("frontend: GET /checkout") and "1.50s" in out[1]
+    assert out[2].startswith("  frontend: POST")
+    assert out[3].startswith("    checkout: POST /orders")
+    assert any(line.startswith("        payment: POST /charge !") for line in out)
+    assert run_traces(ap.parse_args(["traces", "search", "-s", "frontend", "--min-duration", "1s", "--since",
+                                     "1h", "--addr", base])) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["TRACE", "ID", "START"] and len(out) == 3
+    assert {line.split()[0] for line in out[1:]} == {t for t, _ in slow}
+    assert run_traces(ap.parse_args(["traces", "get", "zz", "--addr", base])) == 1
+    assert "invalid trace id" in capsys.readouterr().err

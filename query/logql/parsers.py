@@ -240,8 +240,10 @@ def _iter_array(s: str, off: int, limit: int):
 _SIMPLE_ESC = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
 
-def _json_unescape(s: str) -> str | None:
-    """jsonparser ``Unescape``: None on an invalid escape; lone surrogates become U+FFFD."""
+def _unescape(s: str, table: dict[str, str], bad_pair_is_error: bool) -> str | None:
+    """JSON-style backslash escapes with Go's surrogate rules: None on an invalid escape; a lone surrogate becomes
+    U+FFFD. ``table`` holds the one-character escapes; ``bad_pair_is_error`` says whether a high surrogate followed
+    by a malformed ``\\u`` is an error (jsonparser) or just a lone surrogate (encoding/json, used by logfmt)."""
     i = s.find("\\")
     if i < 0:
         return s
@@ -253,7 +255,7 @@ def _json_unescape(s: str) -> str | None:
         if i + 1 >= n:
             return None
         c = s[i + 1]
-        simple = _SIMPLE_ESC.get(c)
+        simple = table.get(c)
         if simple is not None:
             out.append(simple)
             start = i + 2
@@ -267,7 +269,9 @@ def _json_unescape(s: str) -> str | None:
             elif r >= 0xDC00 or s[i + 6:i + 8] != "\\u":
                 out.append("\ufffd")
             elif not _HEX4.match(s, i + 8):
-                return None
+                if bad_pair_is_error:
+                    return None
+                out.append("\ufffd")
             else:
                 r2 = int(s[i + 8:i + 12], 16)
                 if 0xDC00 <= r2 <= 0xDFFF:
@@ -280,6 +284,11 @@ def _json_unescape(s: str) -> str | None:
         i = s.find("\\", start)
     out.append(s[start:])
     return "".join(out)
+
+
+def _json_unescape(s: str) -> str | None:
+    """jsonparser ``Unescape``."""
+    return _unescape(s, _SIMPLE_ESC, True)
 
 
 def _label_string(raw: str) -> str:
@@ -701,44 +710,8 @@ _LF_ESC = {'"': '"', "\\": "\\", "/": "/", "'": "'", "b": "\b", "f": "\f", "n": 
 
 
 def _logfmt_unquote(s: str) -> str | None:
-    """Loki's logfmt ``unquoteBytes`` (encoding/json rules, literal control characters allowed)."""
-    i = s.find("\\")
-    if i < 0:
-        return s
-    out = []
-    start = 0
-    n = len(s)
-    while i >= 0:
-        out.append(s[start:i])
-        if i + 1 >= n:
-            return None
-        c = s[i + 1]
-        simple = _LF_ESC.get(c)
-        if simple is not None:
-            out.append(simple)
-            start = i + 2
-        elif c == "u":
-            if not _HEX4.match(s, i + 2):
-                return None
-            r = int(s[i + 2:i + 6], 16)
-            start = i + 6
-            if 0xD800 <= r <= 0xDFFF:
-                ok = False
-                if 0xD800 <= r < 0xDC00 and s[i + 6:i + 8] == "\\u" and _HEX4.match(s, i + 8):
-                    r2 = int(s[i + 8:i + 12], 16)
-                    if 0xDC00 <= r2 <= 0xDFFF:
-                        out.append(chr(0x10000 + ((r - 0xD800) << 10) + (r2 - 0xDC00)))
-                        start = i + 12
-                        ok = True
-                if not ok:
-                    out.append("\ufffd")
-            else:
-                out.append(chr(r))
-        else:
-            return None
-        i = s.find("\\", start)
-    out.append(s[start:])
-    return "".join(out)
+    """Loki's logfmt ``unquoteBytes`` (encoding/json rules, ``\\'`` allowed, literal control characters allowed)."""
+    return _unescape(s, _LF_ESC, False)
 
 
 def _logfmt_err(line: str, pos: int, msg: str) -> str:
