@@ -31,9 +31,21 @@ def store(tmp_path_factory):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: every socket stays bound until all are chosen, so the kernel cannot hand one out twice."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass
@@ -72,7 +84,23 @@ class Server:
 
 
 def start_server(data_dir: str, *extra: str, log_path: str | None = None, wait: bool = True) -> Server:
-    otlp_port, http_port, grpc_port, zipkin_port = free_port(), free_port(), free_port(), free_port()
+    # A chosen free port can still be taken by another process before the server binds it;
+    # retry on a fresh set rather than fail the test for a race outside the code under test.
+    for attempt in range(3):
+        try:
+            return _start_server_once(data_dir, *extra, log_path=log_path, wait=wait)
+        except PortTaken:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class PortTaken(AssertionError):
+    pass
+
+
+def _start_server_once(data_dir: str, *extra: str, log_path: str | None, wait: bool) -> Server:
+    otlp_port, http_port, grpc_port, zipkin_port = free_ports(4)
     log_path = log_path or os.path.join(data_dir + ".log")
     args = [sys.executable, "-m", "meshscope", "serve", "--data", data_dir, "--host", "127.0.0.1",
             "--otlp-http-port", str(otlp_port), "--http-port", str(http_port), "--otlp-grpc-port", str(grpc_port),
@@ -89,7 +117,9 @@ def wait_ready(srv: Server, timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if srv.proc.poll() is not None:
-            raise AssertionError(f"meshscope serve exited with {srv.proc.returncode}:\n{srv.log()}")
+            log = srv.log()
+            err = PortTaken if "Address already in use" in log else AssertionError
+            raise err(f"meshscope serve exited with {srv.proc.returncode}:\n{log}")
         try:
             with urllib.request.urlopen(srv.http_url + "/ready", timeout=1) as r:
                 if r.status == 200:
