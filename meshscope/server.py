@@ -23,6 +23,7 @@ from meshscope.query.logql.engine import LogQLEngine
 from meshscope.query.loki_api import LokiApi
 from meshscope.schema import apply_schema
 from meshscope.selfmetrics import SelfMetrics
+from meshscope.ui.routes import UiRoutes
 from meshscope.store import StoreError, open_store
 
 log = logging.getLogger("meshscope.server")
@@ -75,6 +76,7 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         api.extra_routes += traces_api.routes()
         prom_api = PromApi(store, retention=f"{opts.retention_days}d")
         api.extra_routes += prom_api.routes()
+        api.extra_routes += UiRoutes().routes()
 
         runners, sites = [], []
         inflight = InflightRequests()

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
@@ -167,3 +168,108 @@ def server_factory(tmp_path):
 def server(server_factory):
     """A running ``meshscope serve`` with a short flush interval."""
     return server_factory("--flush-interval", "0.2")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Browser tests: one `meshscope serve --demo` and one headless Debian Chromium (driven by Playwright) per session.
+
+ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test-artifacts", "ui")
+CHROMIUM = os.environ.get("MESHSCOPE_TEST_CHROMIUM", "/usr/bin/chromium")
+
+
+def _get_json(url: str, timeout: float = 5):
+    import json
+
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory):
+    """``meshscope serve --demo`` with enough traffic stored that every page has something to show."""
+    srv = start_server(str(tmp_path_factory.mktemp("demo") / "data"), "--demo", "--flush-interval", "0.5")
+    deadline = time.time() + 120
+    seen = {}
+    try:
+        while time.time() < deadline:
+            try:
+                graph = _get_json(srv.http_url + "/api/graph?duration=5m")
+                seen["nodes"] = len(graph.get("elements", {}).get("nodes", []))
+                traces = _get_json(srv.http_url + "/api/traces?service=productpage&lookback=1h&limit=5")
+                seen["traces"] = len(traces.get("data", []))
+                q = urllib.parse.urlencode({"query": '{service_name="productpage"}', "limit": "5"})
+                logs = _get_json(srv.http_url + "/loki/api/v1/query_range?" + q)
+                seen["log streams"] = len(logs["data"]["result"])
+                if seen["nodes"] >= 4 and seen["traces"] and seen["log streams"]:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        else:
+            raise AssertionError(f"demo data did not arrive within 120s ({seen}):\n{srv.log()[-3000:]}")
+        yield srv
+    finally:
+        srv.stop()
+
+
+class UiSession:
+    """One browser page that records console errors and uncaught exceptions; a test fails on any it did not allow."""
+
+    def __init__(self, page, base_url: str, name: str) -> None:
+        import re
+
+        self.page, self.base_url, self.name = page, base_url, name
+        self.errors: list[str] = []
+        self._allowed: list = []
+        self._re = re
+        page.on("console", lambda msg: msg.type == "error" and self.errors.append(f"console: {msg.text}"))
+        page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
+
+    def allow(self, pattern: str) -> None:
+        """Expected errors, e.g. Chromium's own log line for a 400 answer a test provoked on purpose."""
+        self._allowed.append(self._re.compile(pattern))
+
+    def goto(self, path: str):
+        self.page.goto(self.base_url + path, wait_until="domcontentloaded")
+        return self.page
+
+    def shot(self, label: str = "") -> str:
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        path = os.path.join(ARTIFACTS, f"{self.name}{'-' + label if label else ''}.png")
+        self.page.screenshot(path=path, full_page=True)
+        return path
+
+    def unexpected_errors(self) -> list[str]:
+        return [e for e in self.errors if not any(p.search(e) for p in self._allowed)]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package")
+        pytest.skip(f"no Chromium at {CHROMIUM} (install Debian's chromium package, as .ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def ui(browser, demo_server, request):
+    """A 1280×800 page on the demo server. Screenshots land in test-artifacts/ui/; console errors fail the test."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    ctx.set_default_timeout(20_000)
+    page = ctx.new_page()
+    session = UiSession(page, demo_server.http_url, request.node.name)
+    yield session
+    try:
+        session.shot("final")
+    finally:
+        ctx.close()
+    errors = session.unexpected_errors()
+    assert not errors, "browser errors:\n" + "\n".join(errors)

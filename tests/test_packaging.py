@@ -47,5 +47,6 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_command():
     assert readme.index(run_cmd) < 200, "the README must open with the two commands"
     ci = (ROOT / ".ci" / "run").read_text()
     pytest_part = test_cmd.split("&&")[-1].strip()
-    install_part = test_cmd.split("&&")[0].strip()
+    install_part = next(p for p in test_cmd.split("&&") if "pip install" in p).strip()
+    assert "sh .ci/system-deps" in test_cmd and "sh .ci/system-deps" in ci
     assert pytest_part in ci and "-e '.[test]'" in install_part and ".[test]" in ci
