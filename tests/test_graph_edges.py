@@ -285,3 +285,26 @@ def test_plan_splits_window():
     assert runs == [(600, 720), (780, 840)]
     assert raw == [(590 * 10**9, 600 * 10**9), (720 * 10**9, 780 * 10**9), (840 * 10**9, 850 * 10**9)]
     assert plan(set(), 0, m * 10**9) == ([], [(0, m * 10**9)])
+
+
+def test_promoted_edge_columns_equal_the_attributes_they_come_from(store, meshes):
+    """007_edge_columns.sql computes the graph's span attributes at insert; they must equal the map reads they
+    replace (written here independently), and be non-empty where the synthetic mesh sets them."""
+    tenants = [t for t, _ in meshes.values()]
+    a = "SpanAttributes"
+    first = lambda *keys: "multiIf(" + ", ".join(f"{a}['{k}'] != '', {a}['{k}']" for k in keys) + ", '')"  # noqa: E731
+    row = store.query(f"""
+        SELECT count(),
+            countIf(MeshRequestBytes != toFloat64OrZero({first('request_size', 'http.request.body.size',
+                    'http.request_content_length', 'messaging.message.body.size')})),
+            countIf(MeshResponseBytes != toFloat64OrZero({first('response_size', 'http.response.body.size',
+                    'http.response_content_length')})),
+            countIf(MeshPeerName != {first('service.peer.name', 'peer.service')}),
+            countIf(MeshUpstreamCluster != {first('upstream_cluster', 'upstream_cluster.name')}),
+            countIf(MeshUrlHost != domainWithoutWWW({first('url.full', 'http.url')})),
+            countIf(MeshMessagingDestination != {a}['messaging.destination.name']),
+            countIf(MeshRequestBytes > 0 OR MeshResponseBytes > 0), countIf(MeshUpstreamCluster != '')
+        FROM {store.database}.otel_traces WHERE TenantId IN {{t:Array(String)}}""", parameters={"t": tenants}).rows[0]
+    total, *mismatches, with_bytes, with_upstream = row
+    assert total > 0 and with_bytes > 0 and with_upstream > 0, row
+    assert mismatches == [0] * 6, row

@@ -103,10 +103,6 @@ MULTIPLIER_SQL = (
 )
 
 
-def _attr(key: str) -> str:
-    return f"SpanAttributes['{key}']"
-
-
 _COMMON = """TenantId AS tenant, cityHash64(TraceId) AS trace_h, cityHash64(TraceId, SpanId) AS self_h,
         SpanKind AS kind, MeshProxy AS proxy, MeshCluster AS cl, MeshNamespace AS ns, MeshWorkload AS wl0,
         ServiceName AS sn, MeshApp AS app0, MeshVersion AS ver, MeshPeerService AS host, MeshProtocol AS proto"""
@@ -114,10 +110,7 @@ _COMMON = """TenantId AS tenant, cityHash64(TraceId) AS trace_h, cityHash64(Trac
 _MEASURED = f"""Timestamp AS ts, Duration AS dur, StatusCode AS status, MeshResponseCode AS http_code,
         MeshGrpcStatus AS grpc_code, MeshResponseFlags AS flags0, MeshSecurityPolicy AS policy,
         MeshSourcePrincipal AS sprin, MeshDestinationPrincipal AS dprin, {MULTIPLIER_SQL} AS mult,
-        toFloat64OrZero({_first(_attr('request_size'), _attr('http.request.body.size'),
-                                _attr('http.request_content_length'), _attr('messaging.message.body.size'))}) AS bytes_sent,
-        toFloat64OrZero({_first(_attr('response_size'), _attr('http.response.body.size'),
-                                _attr('http.response_content_length'))}) AS bytes_received"""
+        MeshRequestBytes AS bytes_sent, MeshResponseBytes AS bytes_received"""
 
 
 def _ranges_sql(ranges: Sequence[tuple[int, int]], before: int = 0, after: int = 0) -> str:
@@ -182,16 +175,14 @@ def edge_rows_sql(db: str, n_ranges: int, tenant: bool) -> str:
     t = f"{db}.otel_traces"
     children = f"""SELECT {_COMMON}, cityHash64(TraceId, ParentSpanId) AS parent_h, ParentSpanId = '' AS is_root,
         {_MEASURED},
-        if(ParentSpanId = '', {_first(_attr('downstream_cluster'), "concat(" + _attr('istio.source_canonical_service') + ", '.', " + _attr('istio.source_namespace') + ")")}, '') AS caller
+        if(ParentSpanId = '', MeshCaller, '') AS caller
     FROM {t} WHERE {tf}SpanKind IN {_SERVER_KINDS} AND {_ranges_sql(ranges)}"""
     parents = f"""SELECT {_COMMON}
     FROM {t} WHERE {tf}{_ranges_sql(ranges, before=PARENT_LOOKBACK_NS)}"""
     clients = f"""SELECT {_COMMON}, {_MEASURED},
-        {_first(_attr('service.peer.name'), _attr('peer.service'))} AS peer_attr,
+        MeshPeerName AS peer_attr,
         MeshDbSystem AS db_sys, MeshDbNamespace AS db_ns, MeshMessagingSystem AS msg_sys,
-        {_attr('messaging.destination.name')} AS msg_dest,
-        {_first(_attr('upstream_cluster'), _attr('upstream_cluster.name'))} AS upstream,
-        domainWithoutWWW({_first(_attr('url.full'), _attr('http.url'))}) AS url_host
+        MeshMessagingDestination AS msg_dest, MeshUpstreamCluster AS upstream, MeshUrlHost AS url_host
     FROM {t} WHERE {tf}SpanKind IN {_CLIENT_KINDS} AND {_ranges_sql(ranges)}"""
     kids = f"""SELECT TenantId AS tenant, cityHash64(TraceId, ParentSpanId) AS parent_h
     FROM {t} WHERE {tf}SpanKind IN {_REMOTE_KINDS} AND ParentSpanId != ''
