@@ -411,7 +411,7 @@ def _text(status: int, message: str) -> web.Response:
 def _failure(err: Exception) -> tuple[int, str]:
     if isinstance(err, StoreError):
         return (503 if err.retryable else 500), f"trace query failed: {err}"[:500]
-    if isinstance(err, BadTraceId):
+    if isinstance(err, (BadTraceId, SearchError)):  # e.g. a tag value checked only when the SQL is built
         return 400, str(err)
     return 500, f"trace query failed: {type(err).__name__}: {err}"[:500]
 

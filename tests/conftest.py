@@ -243,8 +243,10 @@ class UiSession:
         return [e for e in self.errors if not any(p.search(e) for p in self._allowed)]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # Module scope: Playwright's sync API keeps an event loop running in this thread while it is open, which
+    # would break later tests that call asyncio.run(); one Chromium per UI test file costs about a second.
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package")

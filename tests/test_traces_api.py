@@ -214,6 +214,17 @@ def test_search_limits_and_errors(store, data):
     assert [t["traceID"] for t in doc["data"]] == [tid(1), tid(2)]
 
 
+def test_bad_tag_values_are_400_with_the_reason(store, data):
+    # values checked only while the SQL is built (error=, span.kind=, otel.status_code=) are the client's mistake
+    for tag, reason in (("error=maybe", "tag error takes true or false"), ("span.kind=sideways", "invalid span kind"),
+                        ("otel.status_code=purple", "invalid status")):
+        st, ctype, body = call(store, "/api/search/traces", {"tag": tag}, tenant=data)
+        assert st == 400 and ctype.startswith("text/plain") and reason in body.decode(), (tag, st, body)
+        doc = jget(store, "/api/traces", {"service": "front", "tag": tag.replace("=", ":", 1)}, tenant=data,
+                   status=400)
+        assert reason in doc["errors"][0]["msg"]
+
+
 def test_trace_capped_with_warning(store, data):
     doc = jget(store, f"/api/traces/{tid(14)}", tenant=data, max_spans=10)
     t = doc["data"][0]
