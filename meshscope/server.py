@@ -23,6 +23,7 @@ from meshscope.query.logql.engine import LogQLEngine
 from meshscope.query.loki_api import LokiApi
 from meshscope.schema import apply_schema
 from meshscope.selfmetrics import SelfMetrics
+from meshscope.selfscrape import SelfScrape
 from meshscope.ui.routes import UiRoutes
 from meshscope.store import StoreError, open_store
 
@@ -95,6 +96,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         api.ready = True
         # Per-minute service-graph edges from spans, recomputed for the last minutes so late spans count.
         rollup_task = asyncio.create_task(EdgeRollup(store).run(stop), name="edge-rollup")
+        # meshscope's own /metrics, stored like any OTLP metrics so the self-monitoring dashboard can chart them
+        self_task = asyncio.create_task(SelfScrape(metrics, batcher).run(stop), name="self-scrape")
         demo = None
         if opts.demo:
             from meshscope.demo import DemoOptions, start_demo_thread
@@ -125,6 +128,10 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
             await asyncio.wait_for(rollup_task, 30)  # it ends at stop; a run in progress finishes first
         except (asyncio.TimeoutError, Exception) as e:  # noqa: BLE001 - never block the flush of buffers
             log.warning("edge rollup did not stop cleanly: %s", e)
+        try:
+            await asyncio.wait_for(self_task, 10)
+        except (asyncio.TimeoutError, Exception) as e:  # noqa: BLE001
+            log.warning("self-monitoring did not stop cleanly: %s", e)
         loki_api.close()
         graph_api.close()
         traces_api.close()

@@ -6,7 +6,8 @@ export class ApiError extends Error {
 }
 
 // GET a JSON endpoint. A non-2xx answer throws ApiError carrying the server's one-line message.
-export async function api(path, params = {}, { signal } = {}) {
+// Extra request headers (e.g. Loki's X-Loki-Response-Encoding-Flags) go in `headers`.
+export async function api(path, params = {}, { signal, headers } = {}) {
   const url = new URL(path, location.origin);
   for (const [k, v] of Object.entries(params)) {
     if (v === undefined || v === null || v === "") continue;
@@ -15,7 +16,7 @@ export async function api(path, params = {}, { signal } = {}) {
   }
   let resp;
   try {
-    resp = await fetch(url, { signal, headers: { Accept: "application/json" } });
+    resp = await fetch(url, { signal, headers: { Accept: "application/json", ...headers } });
   } catch (e) {
     if (e.name === "AbortError") throw e;
     throw new ApiError(0, `cannot reach meshscope: ${e.message}`);
@@ -189,7 +190,9 @@ export function timeChart(series, { height = 160, unit = "", bars = false, stack
   }
   for (const t of [t0, (t0 + t1) / 2, t1]) {
     const d = new Date(t);
-    const label = `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
+    // seconds too when the whole chart spans a few minutes, or all three labels would read the same
+    const label = `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}` +
+      (t1 - t0 < 300000 ? `:${String(d.getSeconds()).padStart(2, "0")}` : "");
     root.append(svg("text", { x: x(t), y: height - 4, "text-anchor": t === t0 ? "start" : t === t1 ? "end" : "middle", class: "axis" }, label));
   }
   const times = [...new Set(pts.map((p) => p[0]))].sort((a, b) => a - b);
