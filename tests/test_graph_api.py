@@ -167,9 +167,10 @@ def test_data_source_failures_are_one_line_answers(monkeypatch):
     assert status == 503 and b"no data source" in body
 
 
-def test_routes_helper_lists_the_three_paths():
+def test_routes_helper_lists_every_path():
     paths = sorted(r.path for r in routes("STORE", Recorder()))
-    assert paths == ["/api/graph", "/api/graph.svg", "/api/namespaces/graph"]
+    assert paths == ["/api/graph", "/api/graph.svg", "/api/graph/edge", "/api/graph/namespaces", "/api/graph/node",
+                     "/api/namespaces/graph"]
 
 
 # ------------------------------------------------------------------------------------------- the real path
