@@ -41,10 +41,13 @@ MAX_MATCHERS = 100
 MAX_TAIL_DELAY_S = 5
 CATEGORIZE = "categorize-labels"
 ENCODING_FLAGS_HEADER = "X-Loki-Response-Encoding-Flags"
+ENCODING_FLAGS_PARAM = "encodingFlags"
 # Tail: how often to poll, how far behind the cursor to look again for lines the store took late (a small buffer
-# waits up to 5 x the flush interval before its insert), and how many of those lines to re-read per poll.
+# waits up to 5 x the flush interval before its insert; an SDK or collector batches for seconds; a loaded machine
+# was measured a minute behind), and how many of those lines to re-read per poll (the newest ones: late lines land
+# there).
 TAIL_POLL_S = 1.0
-TAIL_LOOKBACK_NS = 30 * NS
+TAIL_LOOKBACK_NS = 300 * NS
 TAIL_PAGES_PER_POLL = 10
 TAIL_LATE_LINES = 1000
 MAX_TAILS = 32  # each open tail polls the store once a second
@@ -359,7 +362,10 @@ class LokiApi:
 
     @staticmethod
     def _categorize(request: web.Request) -> bool:
-        flags = ",".join(request.headers.getall(ENCODING_FLAGS_HEADER, []))
+        """Loki's header, or (a meshscope addition) the query parameter ``encodingFlags``: a browser's WebSocket
+        cannot send headers, so the web UI's live tail asks for categorized labels this way."""
+        given = request.headers.getall(ENCODING_FLAGS_HEADER, []) + request.query.getall(ENCODING_FLAGS_PARAM, [])
+        flags = ",".join(given)
         return CATEGORIZE in (f.strip() for f in flags.split(","))
 
     async def _run(self, fn, *args, **kwargs):
@@ -568,7 +574,7 @@ class LokiApi:
                 break
 
     async def _tail_loop(self, ws, q, start, delay_ns, limit, tenant, categorize, reader) -> None:
-        seen: dict[tuple, int] = {}  # (ts, line, labels) → ts, pruned below the look-back edge
+        seen: dict[tuple, int] = {}  # (ts, line, labels) → ts, pruned below what a poll can read again
 
         def key(ln: LogLine) -> tuple:
             return ln.ts, ln.line, tuple(sorted(ln.stream.items())), tuple(sorted(ln.metadata.items()))
@@ -586,11 +592,15 @@ class LokiApi:
                     frame["encodingFlags"] = [CATEGORIZE]
                 await ws.send_str(orjson.dumps(frame).decode())
 
-        # History: the newest `limit` lines since start, oldest first.
+        # History: the newest `limit` lines since start, oldest first. When `limit` cut it, the older lines stay
+        # out for good (`floor`), so the look-back below does not send them as if they had come late.
+        floor = start
         cursor = time.time_ns() - delay_ns
         if cursor > start:
             res = await self._run(self.engine.query_range, q, start, cursor, default_step_ns(start, cursor),
                                   limit=limit, direction="backward", tenant=tenant)
+            if len(res.data) >= limit:
+                floor = max(start, min(ln.ts for ln in res.data))
             await send(list(reversed(res.data)))
         cursor = max(cursor, start)
         while not ws.closed and not reader.done() and self.running():
@@ -601,12 +611,15 @@ class LokiApi:
             fresh: list[LogLine] = []
             # Lines the store took late, after the cursor had passed their timestamp: the newest ones before the
             # cursor (where late lines land), within the look-back.
-            lo = max(start, hi - TAIL_LOOKBACK_NS)
+            lo = max(floor, hi - TAIL_LOOKBACK_NS)
             if lo < cursor:
+                late_limit = min(TAIL_LATE_LINES, self.engine.max_entries)
                 res = await self._run(self.engine.query_range, q, lo, cursor, default_step_ns(lo, cursor),
-                                      limit=min(TAIL_LATE_LINES, self.engine.max_entries), direction="backward",
-                                      tenant=tenant)
+                                      limit=late_limit, direction="backward", tenant=tenant)
                 fresh += res.data
+                if len(res.data) >= late_limit:
+                    # a later poll reads the newest lines again, never anything older than these
+                    lo = max(lo, min(ln.ts for ln in res.data))
             # New lines from the cursor on, page by page (same-timestamp repeats are dropped by `seen`).
             for _ in range(TAIL_PAGES_PER_POLL):
                 if cursor >= hi:
@@ -620,10 +633,11 @@ class LokiApi:
                 cursor = max(res.data[-1].ts, cursor + 1)
             fresh.sort(key=lambda ln: ln.ts)
             await send(fresh)
-            edge = hi - TAIL_LOOKBACK_NS
-            if len(seen) > 4 * limit:
-                for k in [k for k, ts in seen.items() if ts < edge]:
-                    del seen[k]
+            # forget what no later poll can read again: the look-back starts at `lo` or later, the next page at
+            # the cursor
+            edge = min(lo, cursor)
+            for k in [k for k, ts in seen.items() if ts < edge]:
+                del seen[k]
 
 
 def _version() -> str:

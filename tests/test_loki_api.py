@@ -458,6 +458,80 @@ def test_tail_sends_history_then_stops_when_the_client_leaves(srv):
     assert ok_json(srv, "/loki/api/v1/labels")["status"] == "success"
 
 
+def test_tail_sends_a_line_the_store_took_late(srv):
+    """A line that reaches the store 90 s after its timestamp (a batching collector, a loaded machine) is still sent,
+    once, although the tail had long passed that time."""
+    app = f"late-{RUN}"
+
+    async def run() -> list[list]:
+        url = srv.http_url.replace("http", "ws") + "/loki/api/v1/tail"
+        got = []
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(url, params={"query": f'{{app="{app}"}}',
+                                                       "start": str(time.time_ns() - 200 * NS)}) as ws:
+                await asyncio.sleep(1.5)  # the tail is polling, its cursor at now
+                late = time.time_ns() - 90 * NS
+                await asyncio.to_thread(push, srv, [{"stream": {"app": app}, "values": [[str(late), "late one"]]}])
+                deadline = time.time() + 20
+                while time.time() < deadline:
+                    try:
+                        msg = await ws.receive(timeout=3 if got else deadline - time.time())
+                    except asyncio.TimeoutError:
+                        break  # three quiet seconds after the line: no repeat came
+                    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+                    got += [v for s in json.loads(msg.data)["streams"] for v in s["values"]]
+                await ws.close()
+        return got
+
+    got = asyncio.run(run())
+    assert [v[1] for v in got] == ["late one"]
+
+
+def test_tail_history_cut_by_limit_stays_cut(srv):
+    """The look-back for late lines does not send the lines that the history left out because of `limit`."""
+    async def run() -> list[list]:
+        url = srv.http_url.replace("http", "ws") + "/loki/api/v1/tail"
+        got = []
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(url, params={"query": PUSH_SEL, "limit": "2",
+                                                       "start": str(BASE - NS)}) as ws:
+                deadline = time.time() + 3.5  # the history, then three polls
+                while time.time() < deadline:
+                    try:
+                        msg = await ws.receive(timeout=deadline - time.time())
+                    except asyncio.TimeoutError:
+                        break
+                    got += [v for s in json.loads(msg.data)["streams"] for v in s["values"]]
+                await ws.close()
+        return got
+
+    got = asyncio.run(run())
+    assert sorted(v[0] for v in got) == [str(BASE + 3 * NS), str(BASE + 4 * NS)]
+
+
+def test_tail_categorized_by_query_parameter(srv):
+    """A browser's WebSocket cannot send Loki's encoding-flags header; the same flag as a query parameter works."""
+    async def run():
+        url = srv.http_url.replace("http", "ws") + "/loki/api/v1/tail"
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(url, params={"query": PUSH_SEL, "limit": "5", "start": str(BASE - NS),
+                                                       "encodingFlags": "categorize-labels"}) as ws:
+                msg = await ws.receive(timeout=10)
+                await ws.close()
+                return json.loads(msg.data)
+
+    frame = asyncio.run(run())
+    assert frame["encodingFlags"] == ["categorize-labels"]
+    by_line = {v[1]: (s["stream"], v) for s in frame["streams"] for v in s["values"]}
+    stream, v = by_line["GET /b 500"]
+    assert stream == {"app": PUSH_APP, "env": "prod", "service_name": PUSH_APP}  # trace_id is not a stream label
+    assert v[2] == {"structuredMetadata": {"trace_id": "t-1"}}
+    assert by_line["GET /a 200"][1][2] == {}
+    # the query-range endpoint takes the parameter too
+    resp = qr(srv, PUSH_SEL, encodingFlags="categorize-labels")
+    assert resp["data"]["encodingFlags"] == ["categorize-labels"]
+
+
 def test_tail_bad_parameters(srv):
     assert_400(srv, "/loki/api/v1/tail", {"query": PUSH_SEL, "delay_for": "6"}, "delay_for can't be greater than 5")
     assert_400(srv, "/loki/api/v1/tail", {"query": f"count_over_time({PUSH_SEL}[1m])"}, "log query")
