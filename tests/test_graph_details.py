@@ -131,7 +131,8 @@ def test_node_details_agree_with_the_truth(store, mesh):
     assert d["identity"] == {"namespace": "shop", "workload": "cart-v1", "app": "cart", "version": None}
     assert d["links"]["traces"] == {"service": "cart", "tags": {"k8s.deployment.name": "cart-v1"}}
     query = d["links"]["logs"]["query"]
-    assert query == '{service_name="cart", k8s_namespace_name="shop", k8s_deployment_name="cart-v1"}'
+    # every log stream of cart-v1 carries its namespace and deployment: those select app and access logs alike
+    assert query == '{k8s_namespace_name="shop", k8s_deployment_name="cart-v1"}'
     assert {n["label"] for n in d["neighbours"]["inbound"]} == {"frontend-v1"}
     # the LogQL link selects exactly cart-v1's lines through the real Loki API
     loki = LokiApi(LogQLEngine(store)).routes()
@@ -174,7 +175,7 @@ def test_edge_details(store, mesh):
     assert d["health"]["status"] == edge["healthStatus"] == "Failure"
     assert [r["code"] for r in d["errors"]["codes"]] == ["500"]
     assert d["links"]["source"]["traces"]["service"] == "frontend"
-    assert d["links"]["target"]["logs"]["query"].startswith('{service_name="cart"')
+    assert d["links"]["target"]["logs"]["query"] == '{k8s_namespace_name="shop", k8s_deployment_name="cart-v1"}'
 
 
 def test_namespaces_ignore_the_namespace_filter(store, mesh):

@@ -193,3 +193,31 @@ def test_loki_style_labels_on_logs(store, tmp_path):
     m = mesh_of_log(store, tmp_path, {"namespace": "payments", "pod": "ledger-0", "app": "ledger", "job": "x"}, {},
                     "level=info msg=hello")
     assert (m["MeshNamespace"], m["MeshWorkload"], m["MeshApp"]) == ("payments", "ledger", "ledger")
+
+
+def stream_labels_of_log(store, tmp_path, resource: dict, attrs: dict, body: str) -> dict:
+    mesh_of_log(store, tmp_path, resource, attrs, body)
+    rows = store.query("SELECT StreamLabels FROM otel.otel_logs WHERE Body = {b:String} AND "
+                       "LogAttributes['pod'] = {p:String}", {"b": body, "p": attrs.get("pod", "")}).rows
+    assert len(rows) == 1, rows
+    return dict(rows[0][0])
+
+
+def test_access_logs_without_a_resource_get_stream_labels_from_the_mesh_identity(store, tmp_path):
+    """Istio's OTel access logger sends no resource (mesh.md §2.3): the stream must still be nameable."""
+    pod = f"httpbin-74fb669cc6-{uuid.uuid4().hex[:5]}"
+    labels = stream_labels_of_log(store, tmp_path, {}, {
+        "pod": pod, "namespace": "foo", "cluster": "Kubernetes", "mesh": "cluster.local"}, ISTIO_ACCESS_LOG)
+    assert labels == {"service_name": "httpbin", "k8s_namespace_name": "foo", "k8s_deployment_name": "httpbin",
+                      "k8s_pod_name": pod}
+
+
+def test_resource_identity_wins_over_the_mesh_fallback(store, tmp_path):
+    labels = stream_labels_of_log(store, tmp_path, {"service.name": "api", "k8s.namespace.name": "shop"},
+                                  {"pod": "other-0", "namespace": "elsewhere"}, f"hello {uuid.uuid4().hex}")
+    assert labels == {"service_name": "api", "k8s_namespace_name": "shop"}
+    # a resource without service.name keeps its own keys; the mesh fills only what is missing
+    labels = stream_labels_of_log(store, tmp_path, {"k8s.namespace.name": "shop", "k8s.pod.name": "cart-7f9c8d6b5-x1z2q"},
+                                  {}, f"hi {uuid.uuid4().hex}")
+    assert labels["k8s_namespace_name"] == "shop" and labels["k8s_pod_name"] == "cart-7f9c8d6b5-x1z2q"
+    assert list(labels).count("k8s_namespace_name") == 1 and labels["service_name"] == "cart"

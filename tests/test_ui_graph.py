@@ -80,7 +80,14 @@ def test_panel_links_lead_to_the_services_logs_and_traces(ui):
     logs.click()
     page.wait_for_url(re.compile(r"/logs\?"))
     q = urllib.parse.parse_qs(urllib.parse.urlsplit(page.url).query)
-    assert 'service_name="productpage"' in q["query"][0] and q["since"] == ["15m"]
+    # the workload's app logs and its sidecar's access logs (labelled from the mesh identity) together
+    assert q["query"] == ['{k8s_namespace_name="bookinfo", k8s_deployment_name="productpage-v1"}'] and \
+        q["since"] == ["15m"]
+    lines = page.locator(".logs-row .logs-line")
+    expect(lines.first).to_be_visible()
+    texts = lines.all_inner_texts()
+    assert any('"GET /productpage HTTP/1.1"' in t for t in texts), "an Envoy access log line is among the results"
+    assert any(not t.startswith("[") for t in texts), "an app log line is among the results"
     expect(page.locator('#nav a[data-page="logs"]')).to_have_class(re.compile(r"\bactive\b"))
     page.go_back()
     expect(page.locator("#graph-panel .graph-panel-title")).to_have_text("productpage v1")

@@ -2,7 +2,8 @@
 -- character outside [A-Za-z0-9_] turned into '_' (service.name -> service_name), plus `level` from the severity.
 -- Rows pushed through the Loki push API (scope 'loki-push') keep all their labels, which the receiver stored as
 -- resource attributes. Everything else is structured metadata, computed at query time (query/logql/streams.py).
--- Both columns are MATERIALIZED: computed once at insert, invisible to SELECT *.
+-- Both columns are MATERIALIZED: computed once at insert, invisible to SELECT *. 008 extends the label
+-- expression for logs without a service.name (mesh access logs).
 ALTER TABLE ${DB}.otel_logs ${ON_CLUSTER}
     ADD COLUMN IF NOT EXISTS StreamLabels Map(LowCardinality(String), String) MATERIALIZED mapSort(mapConcat(
         mapApply((k, v) -> (replaceRegexpAll(k, '[^A-Za-z0-9_]', '_'), v),

@@ -285,7 +285,10 @@ def links(store, tenant: str, ident: Identity, start_ns: int, end_ns: int, graph
     matchers = []
     if ident.guessed and not found and not r.rows:
         return None
-    if r.rows:
+    by_workload = _workload_selector(store, ident, params, ident_sql, graph_type)
+    if by_workload:
+        matchers = by_workload
+    elif r.rows:
         svc, ns, dep, _n = r.rows[0]
         matchers.append(f"service_name={logql_string(svc)}")
         if ns:
@@ -297,6 +300,21 @@ def links(store, tenant: str, ident: Identity, start_ns: int, end_ns: int, graph
         if ident.namespace != UNKNOWN:
             matchers.append(f"k8s_namespace_name={logql_string(ident.namespace)}")
     return {"logs": {"query": "{" + ", ".join(matchers) + "}"}, "traces": traces}
+
+
+def _workload_selector(store, ident: Identity, params: dict, ident_sql: str, graph_type: str) -> list[str]:
+    """``k8s_namespace_name`` + ``k8s_deployment_name`` when every log stream of a workload node carries both:
+    that selects the app's own logs and its sidecar's access logs (whose labels come from the mesh identity, see
+    008_log_stream_mesh_identity.sql) together, where a service_name would select only one of them."""
+    if not ident.workload or ident.namespace == UNKNOWN or graph_type not in ("workload", "versionedApp"):
+        return []
+    r = store.query(
+        f"SELECT StreamLabels['k8s_namespace_name'] AS ns, StreamLabels['k8s_deployment_name'] AS dep, count() "
+        f"FROM {store.database}.otel_logs WHERE {_LOG_WINDOW} AND {ident_sql} GROUP BY ns, dep", params)
+    if not r.rows or any((ns, dep) != (ident.namespace, ident.workload) for ns, dep, _n in r.rows):
+        return []
+    return [f"k8s_namespace_name={logql_string(ident.namespace)}",
+            f"k8s_deployment_name={logql_string(ident.workload)}"]
 
 
 def store_details(store, tenant: str, node: Node, graph_type: str, start_ns: int, end_ns: int) -> dict:
