@@ -219,6 +219,44 @@ def test_sdk_counter_histogram_gauge_query_range_exact(api, store, tmp_path):
     assert body["data"]["result"] == [{"metric": {"host_name": "node-a"}, "value": [fmt_ts(start), "8"]}]
 
 
+def test_series_and_labels_answer_from_the_series_index(api, store, tmp_path):
+    """/api/v1/series, /labels and /label/<name>/values read ``otel_metrics_series`` alone: with the tenant's
+    samples deleted they still answer (queries find no samples), with its index rows deleted they answer nothing."""
+    tenant = f"prom-index-{uuid.uuid4().hex[:8]}"
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(resource=Resource({"service.name": "inv", "service.instance.id": "inv-0"}),
+                       metric_readers=[reader])
+    meter = mp.get_meter("inv")
+    meter.create_counter("stock.moves").add(2, {"warehouse": "north"})
+    meter.create_histogram("pick.time", unit="s").record(0.3, {"warehouse": "south"})
+    insert_sdk(store, tmp_path, reader, tenant)
+    mp.shutdown()
+    t = point_times(store, tenant)[-1]
+
+    def answers():
+        return (call(api.url, "/api/v1/series", {"match[]": '{warehouse=~".+"}'}, tenant=tenant)[1]["data"],
+                call(api.url, "/api/v1/labels", tenant=tenant)[1]["data"],
+                call(api.url, "/api/v1/label/warehouse/values", tenant=tenant)[1]["data"],
+                call(api.url, "/api/v1/label/le/values", tenant=tenant)[1]["data"])
+
+    series, labels, values, les = answers()
+    assert sorted(s["__name__"] for s in series) == [
+        "pick_time_seconds_bucket"] * 16 + ["pick_time_seconds_count", "pick_time_seconds_sum", "stock_moves_total"]
+    assert labels == ["__name__", "instance", "job", "le", "warehouse"]
+    assert values == ["north", "south"]
+    assert "+Inf" in les and len(les) == 16
+    at = {"query": "stock_moves_total", "time": f"{(t // 1_000_000 + 1) / 1000:.3f}"}
+    assert len(call(api.url, "/api/v1/query", at, tenant=tenant)[1]["data"]["result"]) == 1
+    for table in ("otel_metrics_sum", "otel_metrics_histogram"):
+        store.command(f"ALTER TABLE {store.database}.{table} DELETE WHERE TenantId = {{t:String}}",
+                      parameters={"t": tenant}, settings={"mutations_sync": 2})
+    assert answers() == (series, labels, values, les)
+    assert call(api.url, "/api/v1/query", at, tenant=tenant)[1]["data"]["result"] == []
+    store.command(f"ALTER TABLE {store.database}.otel_metrics_series DELETE WHERE TenantId = {{t:String}}",
+                  parameters={"t": tenant}, settings={"mutations_sync": 2})
+    assert answers() == ([], [], [], [])
+
+
 # ------------------------------------------------------------------------------------------------ Grafana
 def test_grafana_save_and_test(api):
     status, body = call(api.url, "/api/v1/query", {"query": "1+1", "time": "4"}, method="POST")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 import uuid
 
@@ -326,3 +327,156 @@ def test_same_name_two_units_and_summary_rate(store, tmp_path):
     raw = src.select([Matcher("__name__", "=", "rpc_count")], T0 - S, T0 + 61 * S)[0]
     assert [x.labels["__name__"] for x in g] == ["rpc_count"]
     np.testing.assert_allclose(g[0].values, [_prom_rate(raw.ts, raw.values, T0 + 60 * S, 60 * S)])
+
+
+# ------------------------------------------------------------------------------------------------ the series index
+# Every selection goes through ``otel_metrics_series`` (one row per series and hour, labels once) and then reads
+# the samples grouped by ``SeriesId``: these tests hold it to the mapping's label sets and PromQL's matcher rules.
+_INDEX_SERIES = [  # (resource, point attributes, the Prometheus labels the mapping gives them)
+    ({"service.name": "cart", "service.namespace": "shop", "service.instance.id": "c1"},
+     {"http.method": "GET", "code": "200"},
+     {"job": "shop/cart", "instance": "c1", "http_method": "GET", "code": "200"}),
+    ({"service.name": "cart", "service.namespace": "shop", "service.instance.id": "c1"},
+     {"http.method": "POST", "code": "500"},
+     {"job": "shop/cart", "instance": "c1", "http_method": "POST", "code": "500"}),
+    ({"service.name": "cart", "service.namespace": "shop", "service.instance.id": "c2"},
+     {"http.method": "GET", "code": "200"},
+     {"job": "shop/cart", "instance": "c2", "http_method": "GET", "code": "200"}),
+    ({"service.name": "pay", "service.instance.id": "p1"},  # the resource's job/instance win over attributes
+     {"code": "200", "job": "ignored", "instance": "ignored"},
+     {"job": "pay", "instance": "p1", "code": "200"}),
+    ({"host.name": "batch-host"},  # no service: job and instance from the point's attributes
+     {"job": "batch", "instance": "b1", "code": "503"},
+     {"job": "batch", "instance": "b1", "code": "503"}),
+    ({"service.name": "edge"},  # two keys sanitise to http_method: joined in key order; empty values dropped
+     {"http.method": "GET", "http_method": "x", "code": ""},
+     {"job": "edge", "http_method": "GET;x"}),
+]
+
+
+@pytest.fixture(scope="module")
+def index_tenant(store, tmp_path_factory):
+    tenant = f"map-index-{uuid.uuid4().hex[:8]}"
+    tmp = tmp_path_factory.mktemp("index")
+    for res, attrs, _ in _INDEX_SERIES:
+        pts = [(T0 + i * 15 * S, float(i * (len(attrs) + 1)), attrs) for i in range(6)]
+        insert(store, tmp, request(res, [metric("reqs", "sum", pts)]), tenant)
+    return tenant
+
+
+@pytest.mark.parametrize("ms", [
+    [("job", "=", "shop/cart")], [("job", "=~", "shop/.*|pay")], [("job", "!=", "shop/cart")],
+    [("job", "=", "batch")], [("instance", "=", "c1")], [("instance", "=~", "b.*")], [("instance", "=", "")],
+    [("http_method", "=", "GET")], [("http_method", "=", "GET;x")], [("http_method", "!~", "GET.*")],
+    [("http_method", "=", "")], [("code", "=", "")], [("code", "=~", "5..")],
+    [("code", "!=", "200"), ("job", "=~", ".+")],
+    [("le", "=", "")], [("key_x", "=", "")], [("nothing", "=", "a")], [("instance", "!~", "c.*"), ("code", "!~", "")],
+])
+def test_index_matchers_select_what_the_mapping_says(store, index_tenant, ms):
+    """Matchers on job, instance and attributes (pushed into SQL on the index's maps, then exact in Python)
+    select exactly the series whose mapped labels match, in select(), series() and the rate push-down."""
+    matchers = [Matcher("__name__", "=", "reqs_total")] + [Matcher(*m) for m in ms]
+    from meshscope.query.promql.matchers import match_labels
+    want = sorted(_key(dict(lb, __name__="reqs_total")) for _, _, lb in _INDEX_SERIES
+                  if match_labels(matchers, dict(lb, __name__="reqs_total")))
+    src = StoreSeriesSource(store, index_tenant)
+    got = src.select(matchers, T0 - 60 * S, T0 + 120 * S)
+    assert sorted(_key(s.labels) for s in got) == want
+    for s in got:  # each series' own samples (the value slope tells the series apart)
+        attrs = next(a for _, a, lb in _INDEX_SERIES if _key(dict(lb, __name__="reqs_total")) == _key(s.labels))
+        assert s.values.tolist() == [float(i * (len(attrs) + 1)) for i in range(6)]
+    assert sorted(_key(lb) for lb in src.series(matchers, T0 - 60 * S, T0 + 120 * S)) == want
+    g = src.range_function("rate", matchers, 60 * S, np.array([T0 + 75 * S]))
+    assert sorted(_key(x.labels) for x in g) == want
+
+
+def test_index_target_info_and_label_lookups(store, index_tenant):
+    src = StoreSeriesSource(store, index_tenant)
+    got = select(store, index_tenant, ("job", "=~", "shop/cart|batch"))  # no name: target_info as well
+    # a resource without service and instance (batch-host) has no target_info
+    assert sorted(k for k in got if "target_info" in k) == [
+        "{__name__=target_info,instance=c1,job=shop/cart}", "{__name__=target_info,instance=c2,job=shop/cart}"]
+    ti = got["{__name__=target_info,instance=c1,job=shop/cart}"]
+    assert ti.ts.tolist() == [T0 + i * 15 * S for i in range(6)] and ti.values.tolist() == [1.0] * 6
+    rng = (T0 - 60 * S, T0 + 120 * S)
+    assert src.label_names(*rng) == ["__name__", "code", "http_method", "instance", "job"]
+    assert src.label_values("http_method", *rng) == ["GET", "GET;x", "POST"]
+    assert src.label_values("job", *rng) == ["batch", "edge", "pay", "shop/cart"]
+    assert src.label_values("instance", *rng) == ["b1", "c1", "c2", "p1"]
+    # outside the points' hours nothing is listed
+    assert src.label_names(T0 + 7200 * S, T0 + 9000 * S) == []
+    assert src.series([Matcher("__name__", "=", "reqs_total")], T0 + 7200 * S, T0 + 9000 * S) == []
+
+
+def test_sample_reads_use_series_ids_and_lookups_only_the_index(store, index_tenant):
+    """No query over the sample tables reads the attribute maps; /series, /labels and label values read only the
+    index (a recording wrapper around the real store)."""
+    class Recording:
+        def __init__(self, inner):
+            self.inner, self.database, self.sql = inner, inner.database, []
+
+        def query(self, sql, parameters=None, settings=None):
+            self.sql.append(sql)
+            return self.inner.query(sql, parameters=parameters, settings=settings)
+
+    rec = Recording(store)
+    src = StoreSeriesSource(rec, index_tenant)
+    rng = (T0 - 60 * S, T0 + 120 * S)
+    src.catalogue.entries(index_tenant)
+    rec.sql.clear()
+    src.series([Matcher("__name__", "=", "reqs_total"), Matcher("code", "=", "200")], *rng)
+    src.series([Matcher("job", "=", "pay")], *rng)
+    src.label_names(*rng)
+    src.label_values("code", *rng)
+    src.label_values("le", *rng)
+    tables = {t for q in rec.sql for t in re.findall(r"FROM\s+\w+\.(\w+)", q)}
+    assert tables == {"otel_metrics_series"}
+    rec.sql.clear()
+    src.select([Matcher("__name__", "=", "reqs_total"), Matcher("http_method", "=", "GET")], *rng)
+    src.select([Matcher("job", "=", "shop/cart")], *rng)  # with target_info
+    src.range_function("rate", [Matcher("__name__", "=", "reqs_total")], 60 * S, np.array([T0 + 75 * S]))
+    sample_sql = [q for q in rec.sql if "otel_metrics_series" not in q]
+    assert len(sample_sql) >= 4
+    for q in sample_sql:
+        assert "Attributes" not in q, q
+        assert "GROUP BY" in q and ("SeriesId" in q)
+    # matchers that leave out series of the name restrict the sample read to their ids
+    assert any("SeriesId IN" in q for q in sample_sql)
+
+
+def test_sparse_columns_keep_samples_aligned(store, tmp_path):
+    """A gauge that is almost always 0 with one NoRecordedValue point: ClickHouse stores Value and Flags as Sparse
+    columns, which groupArray would read non-defaults first; values and staleness must stay on their times."""
+    tenant = f"map-sparse-{uuid.uuid4().hex[:8]}"
+    pts = [(T0 + i * 15 * S, 1.0 if i == 20 else 0.0, {}, 1 if i == 30 else 0) for i in range(40)]
+    insert(store, tmp_path, request({"service.name": "s"}, [metric("flag", "gauge", pts)]), tenant)
+    kinds = dict(store.query("SELECT column, any(serialization_kind) FROM system.parts_columns "
+                             "WHERE table = 'otel_metrics_gauge' AND active AND column IN ('Value', 'Flags') "
+                             "AND partition = toString(toDate(fromUnixTimestamp64Nano({t:Int64}))) GROUP BY column",
+                             parameters={"t": T0}).rows)
+    got = select(store, tenant, ("__name__", "=", "flag"), start=T0 - S, end=T0 + 600 * S)
+    [s] = got.values()
+    assert s.ts.tolist() == [T0 + i * 15 * S for i in range(40)]
+    stale = is_stale(s.values)
+    assert np.nonzero(stale)[0].tolist() == [30]
+    assert [i for i, v in enumerate(s.values.tolist()) if not stale[i] and v != 0.0] == [20]
+    assert kinds  # the columns exist (their serialization depends on the part; the answer must not)
+
+
+def test_series_of_two_resources_with_one_label_set_are_one_series(store, tmp_path):
+    """Two resources that differ only in attributes Prometheus does not show (host.name here) give one series, as
+    the grouping by job/instance/attributes did: raw samples merged, and the rate push-down over the merged
+    samples (SeriesId mapped to one group in SQL) instead of declining."""
+    tenant = f"map-merge-{uuid.uuid4().hex[:8]}"
+    base = {"service.name": "m", "service.instance.id": "m-1"}
+    insert(store, tmp_path, request(dict(base, **{"host.name": "a"}), [
+        metric("hits", "sum", [(T0, 1.0, {"k": "v"}), (T0 + 30 * S, 3.0, {"k": "v"})])]), tenant)
+    insert(store, tmp_path, request(dict(base, **{"host.name": "b"}), [
+        metric("hits", "sum", [(T0 + 15 * S, 2.0, {"k": "v"}), (T0 + 45 * S, 4.0, {"k": "v"})])]), tenant)
+    got = select(store, tenant, ("__name__", "=", "hits_total"))
+    [s] = got.values()
+    assert s.ts.tolist() == [T0 + i * 15 * S for i in range(4)] and s.values.tolist() == [1.0, 2.0, 3.0, 4.0]
+    src = StoreSeriesSource(store, tenant)
+    g = src.range_function("rate", [Matcher("__name__", "=", "hits_total")], 60 * S, np.array([T0 + 50 * S]))
+    assert g is not None and len(g) == 1
+    np.testing.assert_allclose(g[0].values, [_prom_rate(s.ts, s.values, T0 + 50 * S, 60 * S)], rtol=1e-9)

@@ -22,12 +22,20 @@ receiver applies them, strategy ``UnderscoreEscapingWithSuffixes``):
   no extrapolation). Non-monotonic delta sums are dropped (no Prometheus equivalent).
 * staleness: a point with the ``NoRecordedValue`` flag (``Flags & 1``) becomes Prometheus' stale-NaN sample.
 
-Label matchers go into SQL as bound parameters (``__name__`` is resolved in Python against a per-tenant metric
-catalogue); the exact matchers are applied again to the final label sets, so the SQL side only has to be no
-stricter than PromQL.
+Reads go through the series index (``deploy/clickhouse/006_metric_series.sql``): ``otel_metrics_series`` holds
+each stored series' identity once per hour (service, name, unit, resource and point attributes, sum flags, bounds,
+quantiles), keyed by ``SeriesId``, the hash the metric tables compute for every point at insert. ``__name__`` is
+resolved in Python against a per-tenant metric catalogue (read from the index); the other label matchers go into
+SQL on the index's maps as bound parameters and are applied again, exactly, to each series' label sets, so the SQL
+side only has to be no stricter than PromQL. Samples are then read grouped by ``SeriesId`` (``SeriesId IN`` the
+selected ids when the matchers leave some out), never touching the attribute maps of the sample rows. Stored
+series that map to one Prometheus label set (resources that differ only in attributes Prometheus does not show)
+are read as one, as a grouping by the label-defining columns would. ``/series``, ``/labels`` and label values
+read the index alone: a series counts as present in a range when the span of its points in some hour overlaps it.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import struct
@@ -108,6 +116,7 @@ def _normalize_tokens(tokens: list[str], unit: str, kind: str) -> str:
     return "_".join(tokens)
 
 
+@functools.lru_cache(maxsize=65536)
 def label_name(key: str) -> str:
     """Prometheus label name of an attribute key (otlptranslator ``LabelNamer``, multiple underscores kept)."""
     if key.startswith("__") and key.endswith("__") and len(key) > 4:
@@ -120,9 +129,12 @@ def label_name(key: str) -> str:
 
 def attributes_to_labels(attrs: dict[str, str]) -> dict[str, str]:
     """Sanitised label names; colliding keys joined with ``;`` in the order of the original keys; empty dropped."""
+    return _sorted_attributes_to_labels(sorted(attrs.items()))
+
+
+def _sorted_attributes_to_labels(items) -> dict[str, str]:
     out: dict[str, str] = {}
-    for k in sorted(attrs):
-        v = attrs[k]
+    for k, v in items:
         if v == "":
             continue
         n = label_name(k)
@@ -159,6 +171,7 @@ def format_le(bound: float) -> str:
 # ----------------------------------------------------------------------------------------------- catalogue
 TABLES = {"gauge": "otel_metrics_gauge", "sum": "otel_metrics_sum", "histogram": "otel_metrics_histogram",
           "exponential_histogram": "otel_metrics_exponential_histogram", "summary": "otel_metrics_summary"}
+SERIES_TABLE = "otel_metrics_series"  # the series index (deploy/clickhouse/006_metric_series.sql)
 
 
 @dataclass(frozen=True)
@@ -212,8 +225,8 @@ def catalogue_entries(table: str, metric: str, unit: str, monotonic: bool, tempo
 class MetricCatalogue:
     """Per-tenant list of stored metrics and the Prometheus names they map to, refreshed every few seconds.
 
-    Reads only ``TenantId``/``MetricName``/``MetricUnit`` and the sum flags (the first sort-key columns), so it
-    stays cheap at any data size; a name whose points lie outside a query's range resolves but selects nothing."""
+    Reads the series index (``otel_metrics_series``), so it stays cheap at any data size; a name whose points lie
+    outside a query's range resolves but selects nothing."""
 
     def __init__(self, store, ttl_s: float = CATALOGUE_TTL_S):
         self.store = store
@@ -231,15 +244,13 @@ class MetricCatalogue:
             hit = self._cache.get(tenant)
             if hit and now - hit[0] < self.ttl_s:
                 return hit[1]
-        db = self.store.database
-        parts = []
-        for kind, table in TABLES.items():
-            flags = "IsMonotonic, AggregationTemporality" if kind == "sum" else (
-                "false, AggregationTemporality" if kind in ("histogram", "exponential_histogram") else "false, 2")
-            parts.append(f"SELECT '{kind}' AS kind, MetricName, MetricUnit, {flags}, any(MetricDescription) "
-                         f"FROM {db}.{table} WHERE TenantId = {{tenant:String}} "
-                         f"GROUP BY MetricName, MetricUnit, 4, 5")
-        rows = self.store.query(" UNION ALL ".join(parts), parameters={"tenant": tenant}).rows
+        # the series index: one row per series and hour, far fewer than the sample rows (gauges and summaries
+        # are stored there as not monotonic, cumulative)
+        rows = self.store.query(
+            f"SELECT Kind, MetricName, MetricUnit, IsMonotonic, AggregationTemporality, "
+            f"anyIf(MetricDescription, MetricDescription != '') FROM {self.store.database}.{SERIES_TABLE} "
+            f"WHERE TenantId = {{tenant:String}} GROUP BY Kind, MetricName, MetricUnit, IsMonotonic, "
+            f"AggregationTemporality", parameters={"tenant": tenant}).rows
         out: list[CatalogueEntry] = []
         for kind, metric, unit, mono, temp, help_text in rows:
             out += catalogue_entries(kind, metric, unit, bool(mono), int(temp), help_text or "")
@@ -254,10 +265,11 @@ class MetricCatalogue:
 
 
 # ----------------------------------------------------------------------------------------------- SQL pieces
-_INSTANCE_SQL = "ResourceAttributes['service.instance.id']"
+# label expressions over the series index (the only table label matchers run on)
+_INSTANCE_SQL = "ServiceInstanceId"
 # as the mapping: the resource's job/instance when it has them, else a data-point attribute of that name
-_JOB_SQL = ("if(ServiceName != '', if(ResourceAttributes['service.namespace'] != '', "
-            "concat(ResourceAttributes['service.namespace'], '/', ServiceName), ServiceName), Attributes['job'])")
+_JOB_SQL = ("if(ServiceName != '', if(ServiceNamespace != '', concat(ServiceNamespace, '/', ServiceName), "
+            "ServiceName), Attributes['job'])")
 _INSTANCE_LABEL_SQL = f"if({_INSTANCE_SQL} != '', {_INSTANCE_SQL}, Attributes['instance'])"
 
 
@@ -284,10 +296,10 @@ def _label_sql(name: str, p: _Params) -> str | None:
     key = p.add(name)
     if "_" not in name:  # no other attribute key sanitises to it
         return f"Attributes[{key}]"
-    # the attribute itself, else the keys that sanitise to it (``http.method`` → ``http_method``), joined
-    return (f"if(mapContains(Attributes, {key}), Attributes[{key}], arrayStringConcat(arrayMap(k -> Attributes[k], "
-            f"arraySort(arrayFilter(k -> replaceRegexpAll(k, '[^A-Za-z0-9_]', '_') = {key}, mapKeys(Attributes)))), "
-            f"';'))")
+    # every key that sanitises to it (``http.method`` and ``http_method`` → ``http_method``), non-empty values
+    # joined with ';' in key order, as ``attributes_to_labels`` does
+    return (f"arrayStringConcat(arrayFilter(v -> v != '', arrayMap(k -> Attributes[k], arraySort(arrayFilter("
+            f"k -> replaceRegexpAll(k, '[^A-Za-z0-9_]', '_') = {key}, mapKeys(Attributes))))), ';')")
 
 
 def _matcher_sql(m, p: _Params) -> str | None:
@@ -322,12 +334,79 @@ def _dec_literal(ns: int) -> str:
     return f"toDecimal64('{ms // 1000}.{ms % 1000:03d}', 3)"
 
 
-_SERIES_KEY = f"ServiceName, ResourceAttributes['service.namespace'], {_INSTANCE_SQL}, Attributes"
+_MAX_HOUR_S = 2**32 - 1  # DateTime (the index's Hour) ends in 2106
+
+
+def _hours(start_ns: int, end_ns: int) -> tuple[int, int]:
+    """[first, last] ``Hour`` of the index rows that can hold samples in [start_ns, end_ns], as Unix seconds."""
+    lo = _clamp(start_ns) // NS // 3600 * 3600
+    hi = _clamp(end_ns) // NS
+    return min(lo, _MAX_HOUR_S), min(hi, _MAX_HOUR_S)
+
+
+@dataclass
+class _Indexed:
+    """One stored series as the index describes it (``otel_metrics_series``)."""
+    sid: int
+    entry: CatalogueEntry
+    base: dict[str, str]       # labels without __name__ / le / quantile
+    extra: tuple               # histogram bounds or summary quantiles
+    service: str
+    stale: bool                # some point in the selected hours has the NoRecordedValue flag
+    key: tuple                 # stored series with equal keys are read as one (as the SQL grouping did)
+    _sets: list | None = None
+
+    def label_sets(self) -> list[dict[str, str]]:
+        """The Prometheus label sets this series answers to (one per ``le`` / ``quantile``), in that order."""
+        return [lb for lb, _ in self.labelled()]
+
+    def labelled(self) -> list[tuple[dict[str, str], tuple]]:
+        """(labels, sorted items) per label set, built once (do not modify them)."""
+        if self._sets is None:
+            e, comp = self.entry, self.entry.component
+            if comp == "bucket":
+                sets = [dict(self.base, __name__=e.family + "_bucket", le=le)
+                        for le in [format_le(b) for b in self.extra] + ["+Inf"]]
+            elif comp == "quantile":
+                sets = [dict(self.base, __name__=e.family, quantile=format_le(q)) for q in self.extra]
+            else:
+                sets = [dict(self.base, __name__=_component_name(e))]
+            self._sets = [(lb, tuple(sorted(lb.items()))) for lb in sets]
+        return self._sets
+
+
+@dataclass
+class _Lookup:
+    """The series of one (table, component) group that a selector can see in a time range."""
+    series: dict[int, _Indexed]        # representative SeriesId -> series (what sample queries group into)
+    remap: dict[int, int]              # other SeriesId -> its representative (same key)
+    ids: list[int]                     # every selected SeriesId
+    services: list[str]
+    restricted: bool                   # fewer series than the names have: sample reads need ``SeriesId IN``
+    any_stale: bool
+
+    def group_sql(self, p: "_Params") -> str:
+        if not self.remap:
+            return "SeriesId"
+        src = sorted(self.remap)
+        return (f"transform(SeriesId, {p.add(src, 'Array(UInt64)')}, "
+                f"{p.add([self.remap[s] for s in src], 'Array(UInt64)')}, SeriesId)")
+
+
+def _component_name(entry: CatalogueEntry) -> str:
+    if entry.component == "value":
+        return entry.prom_name
+    return entry.family + ("_sum" if entry.component == "sum" else "_count")
 
 
 # ----------------------------------------------------------------------------------------------- the source
 class StoreSeriesSource:
-    """``SeriesSource`` over one tenant's metric tables (one instance per query; cheap to make)."""
+    """``SeriesSource`` over one tenant's metric tables (one instance per query; cheap to make).
+
+    Every read starts in the series index ``otel_metrics_series`` (one row per series and hour, labels stored
+    once): the selector's names, units and label matchers pick the series there, each series' labels are built
+    once in Python, and the samples are then read grouped by the integer ``SeriesId`` (``SeriesId IN`` only when
+    the matchers leave out some series of the names), so no sample row's maps are read or hashed."""
 
     def __init__(self, store, tenant: str = "default", catalogue: MetricCatalogue | None = None,
                  max_series: int = 50_000, max_samples: int = 50_000_000):
@@ -343,23 +422,6 @@ class StoreSeriesSource:
         names = [m for m in matchers if m.name == "__name__"]
         return names, [m for m in matchers if m.name != "__name__"]
 
-    def _where(self, entry_group: list[CatalogueEntry], label_matchers: list, start_ns: int, end_ns: int,
-               p: _Params, extra: str = "") -> str:
-        names = sorted({c.metric for c in entry_group})
-        conds = [f"TenantId = {p.add(self.tenant)}",
-                 f"MetricName IN {p.add(names, 'Array(String)')}",
-                 f"TimeUnix >= {_time_sql(p.add(_clamp(start_ns), 'Int64'))}",
-                 f"TimeUnix <= {_time_sql(p.add(_clamp(end_ns), 'Int64'))}"]
-        units = sorted({c.unit for c in entry_group})
-        conds.append(f"MetricUnit IN {p.add(units, 'Array(String)')}")
-        for m in label_matchers:
-            s = _matcher_sql(m, p)
-            if s is not None:
-                conds.append(s)
-        if extra:
-            conds.append(extra)
-        return " AND ".join(conds)
-
     def _groups(self, matchers: list) -> tuple[dict, list]:
         names, labels = self._split(matchers)
         entries = self.catalogue.resolve(self.tenant, names)
@@ -368,6 +430,72 @@ class StoreSeriesSource:
             groups.setdefault((c.table, c.component), []).append(c)
         return groups, labels
 
+    def _index_conds(self, p: _Params, start_ns: int, end_ns: int) -> list[str]:
+        """Index rows of this tenant whose samples can lie in [start_ns, end_ns]."""
+        h_lo, h_hi = _hours(start_ns, end_ns)
+        return [f"TenantId = {p.add(self.tenant)}",
+                f"Hour >= toDateTime({p.add(h_lo, 'UInt32')})",
+                f"Hour <= toDateTime({p.add(h_hi, 'UInt32')})",
+                f"MinTime <= {_time_sql(p.add(_clamp(end_ns), 'Int64'))}",
+                f"MaxTime >= {_time_sql(p.add(_clamp(start_ns), 'Int64'))}"]
+
+    def _lookup(self, table: str, comp: str, entries: list[CatalogueEntry], label_matchers: list,
+                matchers: list, start_ns: int, end_ns: int) -> _Lookup:
+        """The series of ``entries`` (one table and component) in the range that the matchers can select: label
+        matchers run as SQL on the index's maps, then exactly (``match_labels``) on each series' label sets."""
+        p = _Params()
+        conds = self._index_conds(p, start_ns, end_ns)
+        conds += [f"MetricName IN {p.add(sorted({c.metric for c in entries}), 'Array(String)')}",
+                  f"Kind = {p.add(table)}",
+                  f"MetricUnit IN {p.add(sorted({c.unit for c in entries}), 'Array(String)')}"]
+        pushed = [s for s in (_matcher_sql(m, p) for m in label_matchers) if s]
+        extra = {"bucket": "any(ExplicitBounds)", "quantile": "any(Quantiles)"}.get(comp, "[]")
+        sql = (f"SELECT SeriesId, any(MetricName), any(MetricUnit), any(IsMonotonic), any(AggregationTemporality), "
+               f"any(ServiceName), any(ServiceNamespace), any(ServiceInstanceId), "
+               f"any(Attributes), {extra}, max(HasStale) "
+               f"FROM {self.db}.{SERIES_TABLE} WHERE {' AND '.join(conds + pushed)} GROUP BY SeriesId")
+        by_key = _entry_index(entries)
+        found: dict[int, _Indexed] = {}
+        dropped = False
+        for sid, metric, unit, mono, temp, service, ns, inst, attrs, ext, stale in \
+                self.store.query(sql, parameters=p.values).rows:
+            entry = by_key.get((metric, unit, bool(mono), int(temp)))
+            if entry is None:  # another unit/kind of a selected name (or a dropped non-monotonic delta)
+                dropped = True
+                continue
+            items = tuple(sorted(attrs.items()))
+            base = _sorted_attributes_to_labels(items)
+            base.update(job_instance(service, ns, inst))
+            ext = tuple(ext)
+            s = _Indexed(int(sid), entry, base, ext, service, bool(stale),
+                         (metric, unit, bool(mono), int(temp), service, ns, inst, items, ext))
+            if label_matchers and not any(match_labels(matchers, lb) for lb in s.label_sets()):
+                dropped = True
+                continue
+            found[s.sid] = s
+        reps: dict[tuple, int] = {}
+        remap: dict[int, int] = {}
+        for sid in sorted(found):
+            rep = reps.setdefault(found[sid].key, sid)
+            if rep != sid:
+                remap[sid] = rep
+        return _Lookup({sid: s for sid, s in found.items() if sid not in remap}, remap, sorted(found),
+                       sorted({s.service for s in found.values()}), bool(pushed) or dropped,
+                       any(s.stale for s in found.values()))
+
+    def _sample_conds(self, lk: _Lookup, p: _Params, start_ns: int, end_ns: int) -> list[str]:
+        """Sample rows of the looked-up series in [start_ns, end_ns] (cheap columns only: PREWHERE)."""
+        found = list(lk.series.values())
+        conds = [f"TenantId = {p.add(self.tenant)}",
+                 f"MetricName IN {p.add(sorted({s.entry.metric for s in found}), 'Array(String)')}",
+                 f"MetricUnit IN {p.add(sorted({s.entry.unit for s in found}), 'Array(String)')}",
+                 f"TimeUnix >= {_time_sql(p.add(_clamp(start_ns), 'Int64'))}",
+                 f"TimeUnix <= {_time_sql(p.add(_clamp(end_ns), 'Int64'))}"]
+        if lk.restricted:
+            conds.append(f"ServiceName IN {p.add(lk.services, 'Array(String)')}")
+            conds.append(f"SeriesId IN {p.add(lk.ids, 'Array(UInt64)')}")
+        return conds
+
     def select(self, matchers: list, start_ns: int, end_ns: int) -> list[RawSeries]:
         """Raw samples in [start_ns, end_ns] of every series the matchers select, ascending; stale markers as
         StaleNaN. Series whose label sets coincide (two OTel metrics mapping to one name) are merged."""
@@ -375,7 +503,7 @@ class StoreSeriesSource:
         out: dict[tuple, list[tuple[dict, np.ndarray, np.ndarray]]] = {}
         total = 0
         for (table, comp), entries in sorted(groups.items()):
-            for labels, ts, vals in self._read(table, comp, entries, label_matchers, start_ns, end_ns):
+            for labels, ts, vals in self._read(table, comp, entries, label_matchers, matchers, start_ns, end_ns):
                 if not match_labels(matchers, labels):
                     continue
                 total += len(ts)
@@ -408,57 +536,44 @@ class StoreSeriesSource:
             result.append(RawSeries({k: labels[k] for k in sorted(labels)}, ts, vals))
         return result
 
-    def _read(self, table: str, comp: str, entries: list[CatalogueEntry], label_matchers: list, start_ns: int,
-              end_ns: int) -> Iterable[tuple[dict, np.ndarray, np.ndarray]]:
+    def _read(self, table: str, comp: str, entries: list[CatalogueEntry], label_matchers: list, matchers: list,
+              start_ns: int, end_ns: int) -> Iterable[tuple[dict, np.ndarray, np.ndarray]]:
+        lk = self._lookup(table, comp, entries, label_matchers, matchers, start_ns, end_ns)
+        if not lk.series:
+            return
         p = _Params()
-        where = self._where(entries, label_matchers, start_ns, end_ns, p)
-        tname = TABLES[table]
-        temporal = "AggregationTemporality" if table != "gauge" and table != "summary" else "2"
-        if comp == "value":
-            val = "Value"
-        elif comp == "sum":
-            val = "Sum"
-        elif comp == "count":
-            val = "toFloat64(Count)"
-        elif comp == "bucket":
-            val = "arrayMap(x -> toFloat64(x), BucketCounts)"
-        else:  # summary quantiles
-            val = "`ValueAtQuantiles.Value`"
-        extra_key = {"bucket": ", ExplicitBounds", "quantile": ", `ValueAtQuantiles.Quantile`"}.get(comp, "")
-        mono = "IsMonotonic" if table == "sum" else "false"
-        sql = (f"SELECT (MetricName, MetricUnit), ServiceName, ResourceAttributes['service.namespace'], "
-               f"{_INSTANCE_SQL}, Attributes, {temporal} AS temp, {mono} AS mono{extra_key}, "
-               f"groupArray(toUnixTimestamp64Nano(TimeUnix)), groupArray({val}), groupArray(Flags) "
-               f"FROM {self.db}.{tname} WHERE {where} "
-               f"GROUP BY MetricName, MetricUnit, {_SERIES_KEY}, temp, mono{extra_key}")
-        rows = self.store.query(sql, parameters=p.values).rows
-        by_key = _entry_index(entries)
-        for row in rows:
-            (metric, unit), service, ns, inst, attrs, temp, mono = row[:7]
-            entry = by_key.get((metric, unit, bool(mono), int(temp)))
-            if entry is None:  # another unit/kind of a selected name (or a dropped non-monotonic delta)
+        conds = self._sample_conds(lk, p, start_ns, end_ns)
+        val = {"value": "Value", "sum": "Sum", "count": "toFloat64(Count)",
+               "bucket": "arrayMap(x -> toFloat64(x), BucketCounts)"}.get(comp, "`ValueAtQuantiles.Value`")
+        # materialize(): ClickHouse 26.9 feeds a Sparse column (Flags, or a Value that is mostly 0) to groupArray
+        # non-defaults first when one key covers a whole block (GROUP BY SeriesId does), which misaligns the arrays
+        flags = "groupArray(materialize(Flags))" if lk.any_stale else "[]"
+        sql = (f"SELECT {lk.group_sql(p)} AS sid, groupArray(materialize(toUnixTimestamp64Nano(TimeUnix))), "
+               f"groupArray(materialize({val})), {flags} "
+               f"FROM {self.db}.{TABLES[table]} PREWHERE {' AND '.join(conds)} GROUP BY sid")
+        for sid, ts_list, val_list, flag_list in self.store.query(sql, parameters=p.values).rows:
+            s = lk.series.get(sid)
+            if s is None:  # a series of the names that the matchers did not select
                 continue
-            extra = row[7] if extra_key else None
-            ts_list, val_list, flags = row[-3], row[-2], row[-1]
-            base = attributes_to_labels(dict(attrs))
-            base.update(job_instance(service, ns, inst))
+            entry = s.entry
             ts = np.asarray(ts_list, dtype=np.int64)
             order = np.argsort(ts, kind="stable")
             ts = ts[order]
-            stale = (np.asarray(flags, dtype=np.uint32)[order] & 1).astype(bool)
-            delta = int(temp) == 1
+            if lk.any_stale:
+                stale = (np.asarray(flag_list, dtype=np.uint32)[order] & 1).astype(bool)
+            else:
+                stale = np.zeros(len(ts), dtype=bool)
+            delta = entry.temporality == 1
             if comp == "bucket":
-                yield from self._buckets(entry, base, ts, [val_list[i] for i in order], extra, stale, delta)
+                yield from self._buckets(entry, s.base, ts, [val_list[i] for i in order], s.extra, stale, delta)
                 continue
             if comp == "quantile":
-                yield from self._quantiles(entry, base, ts, [val_list[i] for i in order], extra, stale)
+                yield from self._quantiles(entry, s.base, ts, [val_list[i] for i in order], s.extra, stale)
                 continue
             vals = np.asarray(val_list, dtype=np.float64)[order]
             if delta and comp in ("value", "sum", "count"):
                 vals = _cumulate(vals, stale)
-            name = entry.prom_name if comp == "value" else entry.family + ("_sum" if comp == "sum" else "_count")
-            labels = dict(base, __name__=name)
-            yield labels, ts, _mark_stale(vals, stale)
+            yield dict(s.base, __name__=_component_name(entry)), ts, _mark_stale(vals, stale)
 
     @staticmethod
     def _buckets(entry, base, ts, rows, bounds, stale, delta):
@@ -492,95 +607,83 @@ class StoreSeriesSource:
         names = [m for m in matchers if m.name == "__name__"]
         return all(matches(m, "target_info") for m in names)
 
-    def _target_info(self, label_matchers: list, start_ns: int, end_ns: int):
-        """One series per resource with value 1 at each distinct point time of that resource (any table)."""
+    def _resources(self, label_matchers: list, start_ns: int, end_ns: int):
+        """target_info's resources from the index: ({kind: {SeriesId: resource number}}, [labels per number - 1])."""
         job_inst = [m for m in label_matchers if m.name in ("job", "instance")]
-        parts, p = [], _Params()
-        for table in TABLES.values():
-            conds = [f"TenantId = {p.add(self.tenant)}",
-                     f"TimeUnix >= {_time_sql(p.add(_clamp(start_ns), 'Int64'))}",
-                     f"TimeUnix <= {_time_sql(p.add(_clamp(end_ns), 'Int64'))}",
-                     f"(ServiceName != '' OR {_INSTANCE_SQL} != '')"]
-            conds += [s for s in (_matcher_sql(m, p) for m in job_inst) if s]
-            parts.append(f"SELECT ServiceName AS s, ResourceAttributes AS r, toUnixTimestamp64Nano(TimeUnix) AS t "
-                         f"FROM {self.db}.{table} WHERE {' AND '.join(conds)}")
-        sql = (f"SELECT s, r, groupUniqArray(t) FROM ({' UNION ALL '.join(parts)}) GROUP BY s, r")
-        merged: dict[tuple, tuple[dict, set]] = {}
-        for service, res, times in self.store.query(sql, parameters=p.values).rows:
+        p = _Params()
+        conds = self._index_conds(p, start_ns, end_ns) + [f"(ServiceName != '' OR {_INSTANCE_SQL} != '')"]
+        pushed = [s for s in (_matcher_sql(m, p) for m in job_inst) if s]
+        sql = (f"SELECT Kind, SeriesId, any(ServiceName), any(ResourceAttributes) FROM {self.db}.{SERIES_TABLE} "
+               f"WHERE {' AND '.join(conds + pushed)} GROUP BY Kind, SeriesId")
+        numbers: dict[tuple, int] = {}
+        labels_of: list[dict] = []
+        per_kind: dict[str, dict[int, int]] = {}
+        for kind, sid, service, res in self.store.query(sql, parameters=p.values).rows:
             res = dict(res)
             labels = attributes_to_labels({k: v for k, v in res.items()
                                            if k not in ("service.name", "service.namespace", "service.instance.id")})
             labels.update(job_instance(service, res.get("service.namespace", ""), res.get("service.instance.id", "")))
             labels["__name__"] = "target_info"
             key = tuple(sorted(labels.items()))
-            merged.setdefault(key, (labels, set()))[1].update(times)
-        for labels, times in merged.values():
-            ts = np.array(sorted(times), dtype=np.int64)
-            yield labels, ts, np.ones(len(ts))
+            if key not in numbers:
+                numbers[key] = len(labels_of) + 1
+                labels_of.append(labels)
+            per_kind.setdefault(kind, {})[int(sid)] = numbers[key]
+        return per_kind, labels_of, bool(pushed)
+
+    def _target_info(self, label_matchers: list, start_ns: int, end_ns: int):
+        """One series per resource with value 1 at each distinct point time of that resource (any table)."""
+        per_kind, labels_of, restricted = self._resources(label_matchers, start_ns, end_ns)
+        times: list[set] = [set() for _ in labels_of]
+        for kind, ids in sorted(per_kind.items()):
+            p = _Params()
+            sids = sorted(ids)
+            conds = [f"TenantId = {p.add(self.tenant)}",
+                     f"TimeUnix >= {_time_sql(p.add(_clamp(start_ns), 'Int64'))}",
+                     f"TimeUnix <= {_time_sql(p.add(_clamp(end_ns), 'Int64'))}"]
+            if restricted:
+                conds.append(f"SeriesId IN {p.add(sids, 'Array(UInt64)')}")
+            num = (f"transform(SeriesId, {p.add(sids, 'Array(UInt64)')}, "
+                   f"{p.add([ids[s] for s in sids], 'Array(UInt32)')}, toUInt32(0))")
+            sql = (f"SELECT {num} AS r, groupUniqArray(toUnixTimestamp64Nano(TimeUnix)) "
+                   f"FROM {self.db}.{TABLES[kind]} PREWHERE {' AND '.join(conds)} GROUP BY r")
+            for r, ts in self.store.query(sql, parameters=p.values).rows:
+                if r:  # 0: a series without service or instance
+                    times[r - 1].update(ts)
+        for labels, ts_set in zip(labels_of, times):
+            if ts_set:
+                ts = np.array(sorted(ts_set), dtype=np.int64)
+                yield labels, ts, np.ones(len(ts))
 
     # -------------------------------------------------------------------------------- metadata
     def series(self, matchers: list, start_ns: int, end_ns: int) -> list[dict[str, str]]:
-        """Label sets of the selected series that have samples in the range (``/api/v1/series``)."""
+        """Label sets of the selected series that have samples in the range (``/api/v1/series``), from the index
+        alone: a series counts when the first-to-last span of its points in some hour overlaps the range."""
         groups, label_matchers = self._groups(matchers)
         seen: dict[tuple, dict] = {}
         for (table, comp), entries in sorted(groups.items()):
-            for labels in self._series_labels(table, comp, entries, label_matchers, start_ns, end_ns):
-                if match_labels(matchers, labels):
-                    seen[tuple(sorted(labels.items()))] = labels
+            lk = self._lookup(table, comp, entries, label_matchers, matchers, start_ns, end_ns)
+            for s in lk.series.values():
+                for labels in s.label_sets():
+                    if match_labels(matchers, labels):
+                        seen[tuple(sorted(labels.items()))] = labels
         if self._wants_target_info(matchers):
-            for labels, _, _ in self._target_info(label_matchers, start_ns, end_ns):
+            _, labels_of, _ = self._resources(label_matchers, start_ns, end_ns)
+            for labels in labels_of:
                 if match_labels(matchers, labels):
                     seen[tuple(sorted(labels.items()))] = labels
         return [{k: seen[key][k] for k in sorted(seen[key])} for key in sorted(seen)]
 
-    def _series_labels(self, table, comp, entries, label_matchers, start_ns, end_ns):
-        p = _Params()
-        where = self._where(entries, label_matchers, start_ns, end_ns, p)
-        extra = {"bucket": ", ExplicitBounds", "quantile": ", `ValueAtQuantiles.Quantile`"}.get(comp, "")
-        temporal = "AggregationTemporality" if table in ("sum", "histogram", "exponential_histogram") else "2"
-        mono = "IsMonotonic" if table == "sum" else "false"
-        sql = (f"SELECT DISTINCT (MetricName, MetricUnit), ServiceName, ResourceAttributes['service.namespace'], "
-               f"{_INSTANCE_SQL}, "
-               f"Attributes, {temporal}, {mono}{extra} FROM {self.db}.{TABLES[table]} WHERE {where}")
-        by_key = _entry_index(entries)
-        for row in self.store.query(sql, parameters=p.values).rows:
-            (metric, unit), service, ns, inst, attrs, temp, mono = row[:7]
-            entry = by_key.get((metric, unit, bool(mono), int(temp)))
-            if entry is None:
-                continue
-            base = attributes_to_labels(dict(attrs))
-            base.update(job_instance(service, ns, inst))
-            if comp == "bucket":
-                for le in [format_le(b) for b in row[7]] + ["+Inf"]:
-                    yield dict(base, __name__=entry.family + "_bucket", le=le)
-            elif comp == "quantile":
-                for q in row[7]:
-                    yield dict(base, __name__=entry.family, quantile=format_le(q))
-            else:
-                name = entry.prom_name if comp == "value" else entry.family + ("_sum" if comp == "sum" else "_count")
-                yield dict(base, __name__=name)
-
     def label_names(self, start_ns: int, end_ns: int) -> list[str]:
         """Every label name of the tenant's series in the range (``/api/v1/labels`` without ``match[]``)."""
         p = _Params()
-        parts = []
-        for kind, table in TABLES.items():
-            parts.append(f"SELECT arrayJoin(mapKeys(Attributes)) AS k, max(ServiceName != '') AS j, "
-                         f"max({_INSTANCE_SQL} != '') AS i, '{kind}' AS kind FROM {self.db}.{table} "
-                         f"WHERE TenantId = {p.add(self.tenant)} "
-                         f"AND TimeUnix >= {_time_sql(p.add(_clamp(start_ns), 'Int64'))} "
-                         f"AND TimeUnix <= {_time_sql(p.add(_clamp(end_ns), 'Int64'))} GROUP BY k")
-            parts.append(f"SELECT '' AS k, max(ServiceName != '') AS j, max({_INSTANCE_SQL} != '') AS i, "
-                         f"'{kind}' AS kind FROM {self.db}.{table} WHERE TenantId = {p.add(self.tenant)} "
-                         f"AND TimeUnix >= {_time_sql(p.add(_clamp(start_ns), 'Int64'))} "
-                         f"AND TimeUnix <= {_time_sql(p.add(_clamp(end_ns), 'Int64'))} HAVING count() > 0")
+        sql = (f"SELECT Kind, groupUniqArrayArray(mapKeys(Attributes)), max(ServiceName != ''), "
+               f"max({_INSTANCE_SQL} != '') FROM {self.db}.{SERIES_TABLE} "
+               f"WHERE {' AND '.join(self._index_conds(p, start_ns, end_ns))} GROUP BY Kind")
         names: set[str] = set()
-        for k, j, i, kind in self.store.query(" UNION ALL ".join(parts), parameters=p.values).rows:
+        for kind, keys, j, i in self.store.query(sql, parameters=p.values).rows:
             names.add("__name__")
-            if k:
-                n = label_name(k)
-                if n:
-                    names.add(n)
+            names.update(n for n in (label_name(k) for k in keys) if n)
             if j:
                 names.add("job")
             if i:
@@ -599,14 +702,9 @@ class StoreSeriesSource:
         expr = None if name in ("le", "quantile") else _label_sql(name, p)
         if expr is None:
             return sorted({s[name] for s in self.series([], start_ns, end_ns) if s.get(name)})
-        parts = []
-        for table in TABLES.values():
-            parts.append(f"SELECT DISTINCT {expr} AS v FROM {self.db}.{table} WHERE TenantId = {p.add(self.tenant)} "
-                         f"AND TimeUnix >= {_time_sql(p.add(_clamp(start_ns), 'Int64'))} "
-                         f"AND TimeUnix <= {_time_sql(p.add(_clamp(end_ns), 'Int64'))}")
-        rows = self.store.query(f"SELECT DISTINCT v FROM ({' UNION ALL '.join(parts)}) WHERE v != ''",
-                                parameters=p.values).rows
-        return sorted(r[0] for r in rows)
+        sql = (f"SELECT DISTINCT v FROM (SELECT {expr} AS v FROM {self.db}.{SERIES_TABLE} "
+               f"WHERE {' AND '.join(self._index_conds(p, start_ns, end_ns))}) WHERE v != ''")
+        return sorted(r[0] for r in self.store.query(sql, parameters=p.values).rows)
 
     def metadata(self) -> dict[str, list[dict]]:
         """``/api/v1/metadata``: family → [{type, help, unit}]."""
@@ -652,88 +750,65 @@ class StoreSeriesSource:
         for c in entries:
             groups.setdefault((c.table, c.component), []).append(c)
         for (table, comp), ents in sorted(groups.items()):
-            for labels, vals in self._grid_read(fn, table, comp, ents, label_matchers, lo, hi, step_ns, range_ns,
-                                                n_steps):
+            for labels, key, vals in self._grid_read(fn, table, comp, ents, label_matchers, matchers, lo, hi,
+                                                     step_ns, range_ns, n_steps):
                 if not match_labels(matchers, labels):
                     continue
-                key = tuple(sorted(labels.items()))
                 if key in out:  # two stored metrics, one series: Prometheus would see one merged series
                     return None
-                out[key] = (labels, vals)
+                out[key] = vals
                 if len(out) > self.max_series:
                     from .errors import PromQLError
                     raise PromQLError(f"the query selects more than {self.max_series} series", "execution")
-        result = []
-        for k in sorted(out):
-            labels, vals = out[k]
-            result.append(GridSeries({k: labels[k] for k in sorted(labels)}, vals, ~np.isnan(vals)))
-        return result
+        return [GridSeries(dict(k), vals, ~np.isnan(vals)) for k, vals in sorted(out.items(), key=lambda kv: kv[0])]
 
-    def _grid_read(self, fn, table, comp, entries, label_matchers, lo, hi, step_ns, range_ns, n_steps):
-        p = _Params()
-        # rows that can fall in some window (t - range, t]; when the windows do not cover the whole range, skip
-        # the samples between them (the aggregate's input shrinks by range/step)
-        extra = ""
-        if step_ns > range_ns:
-            extra = (f"((({p.add(int(hi), 'Int64')} - toUnixTimestamp64Nano(TimeUnix)) % {p.add(int(step_ns), 'Int64')})"
-                     f" < {p.add(int(range_ns), 'Int64')})")
-        # cheap columns first (PREWHERE: tenant, name, time range, window filter) before any map is read
-        pre = self._where(entries, [], lo - range_ns + 1, hi, p,
-                          extra=" AND ".join(x for x in (extra, "bitAnd(Flags, 1) = 0") if x))
-        where = " AND ".join(s for s in (_matcher_sql(m, p) for m in label_matchers) if s) or "1"
+    def _grid_read(self, fn, table, comp, entries, label_matchers, matchers, lo, hi, step_ns, range_ns, n_steps):
+        lk = self._lookup(table, comp, entries, label_matchers, matchers, lo - range_ns + 1, hi)
+        if not lk.series:
+            return
+        temps = {s.entry.temporality == 1 for s in lk.series.values()}
+        range_s = range_ns / NS
         grid = f"{_dt_literal(lo)}, {_dt_literal(hi)}, {_dec_literal(step_ns or NS)}, {_dec_literal(range_ns)}"
         func_cum = "timeSeriesRateToGrid" if fn == "rate" else "timeSeriesIncreaseToGrid"
+        # grids come back as Array(Float64), NULL (no value) as NaN: numpy takes them without a per-value loop
         if comp == "bucket":
             val = "arrayMap(x -> toFloat64(x), arrayCumSum(BucketCounts))"
             ts_arg = "arrayResize(CAST([] AS Array(DateTime64(9))), length(BucketCounts), TimeUnix)"
-            cum = f"{func_cum}ForEach({grid})({ts_arg}, {val})"
-            dlt = f"timeSeriesSumToGridForEach({grid})({ts_arg}, {val})"
-            key_extra = ", ExplicitBounds"
+            aggs = {False: f"{func_cum}ForEach({grid})({ts_arg}, {val})",
+                    True: f"timeSeriesSumToGridForEach({grid})({ts_arg}, {val})"}
+            aggs = {k: f"arrayMap(b -> arrayMap(x -> ifNull(x, nan), b), {v})" for k, v in aggs.items()}
         else:
             val = {"value": "Value", "sum": "Sum", "count": "toFloat64(Count)"}[comp]
-            cum = f"{func_cum}({grid})(TimeUnix, {val})"
-            dlt = f"timeSeriesSumToGrid({grid})(TimeUnix, {val})"
-            key_extra = ""
-        temporal = "AggregationTemporality" if table in ("sum", "histogram", "exponential_histogram") else "2"
-        mono = "IsMonotonic" if table == "sum" else "false"
-        group_flags = "".join(f"{c}, " for c in (mono, temporal) if c in ("IsMonotonic", "AggregationTemporality"))
-
-        def sql(agg: str, temp_cond: str) -> str:
+            aggs = {False: f"{func_cum}({grid})(TimeUnix, {val})",
+                    True: f"timeSeriesSumToGrid({grid})(TimeUnix, {val})"}
+            aggs = {k: f"arrayMap(x -> ifNull(x, nan), {v})" for k, v in aggs.items()}
+        for delta in (False, True):
+            if delta not in temps:
+                continue  # no selected series has this temporality: skip a whole scan
             # one aggregate per query: cumulative points get Prometheus' rate, delta points the sum of deltas
-            return (f"SELECT (MetricName, MetricUnit, {mono}, {temporal}), ServiceName, "
-                    f"ResourceAttributes['service.namespace'], {_INSTANCE_SQL}, Attributes{key_extra}, {agg} AS g "
-                    f"FROM {self.db}.{TABLES[table]} PREWHERE {temporal} {temp_cond} AND {pre} WHERE {where} "
-                    f"GROUP BY MetricName, MetricUnit, {group_flags}{_SERIES_KEY}{key_extra}")
-
-        sql_cum, sql_dlt = sql(cum, "!= 1"), sql(dlt, "= 1")
-        range_s = range_ns / NS
-        by_key = _entry_index(entries)
-        temps = {c.temporality == 1 for c in entries}
-        for delta, q in ((False, sql_cum), (True, sql_dlt)):
-            if delta not in temps or (delta and table == "gauge"):
-                continue  # the catalogue says no stored metric has this temporality: skip a whole scan
-            for row in self.store.query(q, parameters=p.values, settings=GRID_SETTINGS).rows:
-                (metric, unit, mono_v, temp_v), service, ns, inst, attrs = row[:5]
-                entry = by_key.get((metric, unit, bool(mono_v), int(temp_v)))
-                if entry is None:
+            p = _Params()
+            conds = self._sample_conds(lk, p, lo - range_ns + 1, hi)
+            if step_ns > range_ns:
+                # rows that can fall in some window (t - range, t]; when the windows do not cover the whole range,
+                # skip the samples between them (the aggregate's input shrinks by range/step)
+                conds.append(f"((({p.add(int(hi), 'Int64')} - toUnixTimestamp64Nano(TimeUnix)) % "
+                             f"{p.add(int(step_ns), 'Int64')}) < {p.add(int(range_ns), 'Int64')})")
+            if lk.any_stale:
+                conds.append("bitAnd(Flags, 1) = 0")
+            if len(temps) > 1:
+                conds.append(f"AggregationTemporality {'=' if delta else '!='} 1")
+            sql = (f"SELECT {lk.group_sql(p)} AS sid, {aggs[delta]} AS g FROM {self.db}.{TABLES[table]} "
+                   f"PREWHERE {' AND '.join(conds)} GROUP BY sid")
+            for sid, g in self.store.query(sql, parameters=p.values, settings=GRID_SETTINGS).rows:
+                s = lk.series.get(sid)
+                if s is None or (s.entry.temporality == 1) != delta:
                     continue
-                base = attributes_to_labels(dict(attrs))
-                base.update(job_instance(service, ns, inst))
-                g = row[-1]
-                if comp == "bucket":
-                    bounds = row[5]
-                    les = [format_le(b) for b in bounds] + ["+Inf"]
-                    for j, le in enumerate(les):
-                        arr = _grid_array(g[j] if j < len(g) else [], n_steps)
-                        if delta and fn == "rate":
-                            arr = arr / range_s
-                        yield dict(base, __name__=entry.family + "_bucket", le=le), arr
-                    continue
-                arr = _grid_array(g, n_steps)
-                if delta and fn == "rate":
-                    arr = arr / range_s
-                name = entry.prom_name if comp == "value" else entry.family + ("_sum" if comp == "sum" else "_count")
-                yield dict(base, __name__=name), arr
+                rows = g if comp == "bucket" else [g]  # one grid per label set (per le for buckets)
+                for j, (labels, key) in enumerate(s.labelled()):
+                    arr = _grid_array(rows[j] if j < len(rows) else [], n_steps)
+                    if delta and fn == "rate":
+                        arr = arr / range_s
+                    yield labels, key, arr
 
 
 def _entry_index(entries: list[CatalogueEntry]) -> dict[tuple, CatalogueEntry]:
@@ -756,11 +831,12 @@ def _grid(steps) -> tuple:
 
 
 def _grid_array(values, n: int) -> np.ndarray:
+    """One grid row (floats, NaN = no value) as exactly ``n`` values."""
+    arr = np.asarray(values if values is not None else [], dtype=np.float64)
+    if len(arr) == n:
+        return arr
     out = np.full(n, np.nan)
-    if values is None:
-        return out
-    vals = [np.nan if v is None else v for v in list(values)[:n]]
-    out[:len(vals)] = vals
+    out[:min(n, len(arr))] = arr[:n]
     return out
 
 
