@@ -11,12 +11,19 @@
    ``istio_request_duration_milliseconds`` histograms with Istio's 19 bounds, sized to the same 10,000 Prometheus
    series: 500 OTel series × 20 ``le`` buckets, 2.88M rows in ``otel_metrics_histogram``. Generated inside
    ClickHouse (``INSERT … SELECT … FROM numbers()``), every value a function of the row number.
-2. **Measure**, end of the range = the last sample, 250 steps over the day (step 345.6 s), through the PromQL
-   engine over ``StoreSeriesSource`` (what ``/api/v1/query_range`` runs, minus JSON):
+   Data cached before the series index (``deploy/clickhouse/006_metric_series.sql``; the manifest has no
+   ``layout``) is upgraded in place first (``upgrade()``: schema applied, index backfilled, ``SeriesId``
+   materialized in the old parts), as a store upgraded by ``meshscope serve`` would be once its old parts expire.
+2. **Measure**, end of the range = the last sample, through the PromQL engine over ``StoreSeriesSource`` (what
+   ``/api/v1/query_range`` runs, minus JSON), 250 steps over the day (step 345.6 s):
    ``sum by (destination_service) (rate(istio_requests_total[1m]))`` and
-   ``histogram_quantile(0.95, sum by (le, destination_service) (rate(istio_request_duration_milliseconds_bucket[1m])))``.
-   One untimed first run (fills the metric catalogue), then ``--runs`` timed runs; the figure is the median.
-   The rate answer is checked against the generator's closed form (every counter grows by a constant per
+   ``histogram_quantile(0.95, sum by (le, destination_service) (rate(istio_request_duration_milliseconds_bucket[1m])))``;
+   the rate query over the last hour at a 15 s step (a Grafana panel); the rate of one destination service (1 % of
+   the series: ``SeriesId IN`` and its skip index); and the index alone: ``series()`` of all 10,000 counters and
+   the values of ``destination_service`` over the day (``/api/v1/series``, ``/label/<name>/values``).
+   One untimed first run (fills the metric catalogue), then ``--runs`` timed runs; the figure is the median, and
+   ``sql_s`` in the JSON is the part of each run spent in store queries (including result conversion).
+   Rate answers are checked against the generator's closed form (every counter grows by a constant per
    sample, so each series' rate is that constant / 15 s).
 
 Figures one per line (``promql.<name> <value> <unit>``), JSON with machine info to ``--json-out``.
@@ -29,7 +36,8 @@ import statistics
 import sys
 import time
 
-from benchutil import load_avg, machine_info, open_cached, wait_merges, write_json  # bench/'s shared helpers
+from benchutil import (load_avg, machine_info, open_cached, wait_merges, write_json,  # bench/'s shared helpers
+                       write_manifest)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -119,89 +127,69 @@ def generate(store, n_series: int, chunk: int, log) -> dict:
     log(f"# histograms {hist_series:,} series ({gen_s:.0f}s)")
     rows = {tbl: int(store.query(f"SELECT count() FROM {db}.{tbl} WHERE TenantId = '{TENANT}'").rows[0][0])
             for tbl in ("otel_metrics_sum", "otel_metrics_histogram")}
-    return {"gen_version": GEN_VERSION, "series": n_series, "anchor_ns": anchor_s * S, "t0_ns": t0_s * S,
-            "histogram_series": hist_series, "rows": rows, "generate_s": round(gen_s, 1),
+    return {"gen_version": GEN_VERSION, "layout": LAYOUT, "series": n_series, "anchor_ns": anchor_s * S,
+            "t0_ns": t0_s * S, "histogram_series": hist_series, "rows": rows, "generate_s": round(gen_s, 1),
             "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-SERIES_TABLE = "bench_promql_series"
+LAYOUT = "006-series-index"  # the schema layout the cached data was brought to (see upgrade())
+EXPERIMENT_TABLE = "bench_promql_series"  # the --series-index experiment of the first runs (not shipped)
 
 
-def add_series_index(store, log) -> float:
-    """The layout this benchmark argues for (not shipped): a ``SeriesId`` column on the metric tables and a small
-    series table holding each series' labels once, as Prometheus' index does. Built on the cached data (a
-    mutation plus one INSERT … SELECT); in the product the column would be MATERIALIZED at insert and the series
-    table fed by a materialized view."""
+def upgrade(store, log) -> dict:
+    """Bring data generated under an older schema to the shipped layout in place (what a store upgraded to
+    ``006_metric_series.sql`` gets, plus the rewrite a freshly generated store has for free): drop the old
+    ``--series-index`` experiment (its ``SeriesId`` hashed fewer fields), apply the schema (adds ``SeriesId``
+    and its index, creates ``otel_metrics_series`` and its views, backfills it from the cached rows), then write
+    ``SeriesId`` and its index into the old parts (``MATERIALIZE``: a product store computes it on read until
+    its old parts expire). Returns the seconds each step took."""
+    from meshscope.schema import apply_schema
+
     db = store.database
+    steps = {}
     t = time.perf_counter()
-    store.command(f"CREATE TABLE IF NOT EXISTS {db}.{SERIES_TABLE} (TenantId LowCardinality(String), "
-                  f"MetricName LowCardinality(String), MetricUnit LowCardinality(String), SeriesId UInt64, "
-                  f"ServiceName LowCardinality(String), ResourceAttributes Map(LowCardinality(String), String), "
-                  f"Attributes Map(LowCardinality(String), String), ExplicitBounds Array(Float64)) "
-                  f"ENGINE = ReplacingMergeTree ORDER BY (TenantId, MetricName, SeriesId)")
-    for tbl in ("otel_metrics_sum", "otel_metrics_histogram"):
-        cols = {r[0] for r in store.query(f"SELECT name FROM system.columns WHERE database = '{db}' "
-                                          f"AND table = '{tbl}'").rows}
-        if "SeriesId" in cols:
-            continue
-        log(f"# adding SeriesId to {tbl}")
-        store.command(f"ALTER TABLE {db}.{tbl} ADD COLUMN SeriesId UInt64 MATERIALIZED "
-                      f"cityHash64(ServiceName, MetricName, MetricUnit, ResourceAttributes, Attributes)")
+    store.command(f"DROP TABLE IF EXISTS {db}.{EXPERIMENT_TABLE}")
+    tables = ("otel_metrics_sum", "otel_metrics_histogram")
+    have = {r[0] for r in store.query(f"SELECT table FROM system.columns WHERE database = '{db}' "
+                                      f"AND name = 'SeriesId'").rows}
+    series_exists = store.query(f"EXISTS TABLE {db}.otel_metrics_series").rows[0][0]
+    if not series_exists:
+        for tbl in sorted(have):  # the experiment's column: not the shipped expression
+            log(f"# dropping the experimental SeriesId of {tbl}")
+            store.command(f"ALTER TABLE {db}.{tbl} DROP COLUMN SeriesId", settings={"mutations_sync": 2})
+    steps["drop_experiment_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    log("# applying the schema (SeriesId, otel_metrics_series, backfill)")
+    apply_schema(store)
+    steps["apply_schema_backfill_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    for tbl in tables:
+        log(f"# materializing SeriesId and its index in {tbl}")
         store.command(f"ALTER TABLE {db}.{tbl} MATERIALIZE COLUMN SeriesId", settings={"mutations_sync": 2})
-        bounds = "any(ExplicitBounds)" if tbl == "otel_metrics_histogram" else "[]"
-        store.command(f"INSERT INTO {db}.{SERIES_TABLE} SELECT TenantId, MetricName, MetricUnit, SeriesId, "
-                      f"any(ServiceName), any(ResourceAttributes), any(Attributes), {bounds} FROM {db}.{tbl} "
-                      f"WHERE TenantId = '{TENANT}' GROUP BY TenantId, MetricName, MetricUnit, SeriesId")
-    return time.perf_counter() - t
+        store.command(f"ALTER TABLE {db}.{tbl} MATERIALIZE INDEX idx_series_id", settings={"mutations_sync": 2})
+    steps["materialize_s"] = round(time.perf_counter() - t, 1)
+    return steps
 
 
-def series_index_query(store, metric: str, table: str, start: int, end: int, step: int, rng: int,
-                       buckets: bool) -> dict:
-    """``sum by (destination_service) (rate(metric[rng]))`` (or, with ``buckets``, the 0.95 quantile by
-    destination_service) on the series-index layout: labels from the series table, grids grouped by SeriesId."""
-    import numpy as np
+class _TimedStore:
+    """The store with the wall time spent in its queries added up (how much of a figure is SQL), and ClickHouse's
+    query condition cache off: it remembers which granules a filter rejected, so repeating one query (as the
+    timed runs do) would skip them, while a dashboard's sliding time range is a new filter at every refresh."""
 
-    from meshscope.query.promql.store_source import _dec_literal, _dt_literal
+    def __init__(self, store, box: list):
+        self._store, self._box = store, box
+        self.database = store.database
 
-    db = store.database
-    labels = {sid: dict(a) for sid, a in store.query(
-        f"SELECT SeriesId, Attributes FROM {db}.{SERIES_TABLE} WHERE TenantId = {{t:String}} "
-        f"AND MetricName = {{m:String}}", parameters={"t": TENANT, "m": metric}).rows}
-    grid = f"{_dt_literal(start)}, {_dt_literal(end)}, {_dec_literal(step)}, {_dec_literal(rng)}"
-    if buckets:
-        agg = (f"timeSeriesRateToGridForEach({grid})(arrayResize(CAST([] AS Array(DateTime64(9))), "
-               f"length(BucketCounts), TimeUnix), arrayMap(x -> toFloat64(x), arrayCumSum(BucketCounts)))")
-    else:
-        agg = f"timeSeriesRateToGrid({grid})(TimeUnix, Value)"
-    rows = store.query(
-        f"SELECT SeriesId, {agg} FROM {db}.{table} PREWHERE TenantId = {{t:String}} AND MetricName = {{m:String}} "
-        f"AND TimeUnix > fromUnixTimestamp64Nano({{lo:Int64}}) AND TimeUnix <= fromUnixTimestamp64Nano({{hi:Int64}}) "
-        f"AND ({{hi:Int64}} - toUnixTimestamp64Nano(TimeUnix)) % {{step:Int64}} < {{rng:Int64}} "
-        f"GROUP BY SeriesId", parameters={"t": TENANT, "m": metric, "lo": start - rng, "hi": end, "step": step,
-                                          "rng": rng}, settings={"allow_experimental_ts_to_grid_aggregate_function": 1}).rows
-    n = (end - start) // step + 1
-    out: dict = {}
-    for sid, g in rows:
-        svc = labels[sid].get("destination_service", "")
-        arr = np.array([[np.nan if v is None else v for v in b] for b in g] if buckets
-                       else [np.nan if v is None else v for v in g], dtype=np.float64)
-        out[svc] = arr if svc not in out else np.nansum([out[svc], arr], axis=0)
-    if buckets:  # quantile per service over the summed bucket rates (Istio's bounds, +Inf last)
-        bounds = np.array(BUCKETS + [np.inf])
-        for svc, arr in out.items():
-            cum = arr  # already cumulative per bucket
-            q = np.full(n, np.nan)
-            for k in range(n):
-                c = cum[:, k]
-                total = c[-1]
-                if not total > 0:
-                    continue
-                rank = 0.95 * total
-                i = int(np.searchsorted(c, rank, side="left"))
-                lo_b, lo_c = (0.0, 0.0) if i == 0 else (bounds[i - 1], c[i - 1])
-                q[k] = bounds[i - 1] if i == len(bounds) - 1 else lo_b + (bounds[i] - lo_b) * (rank - lo_c) / (c[i] - lo_c)
-            out[svc] = q
-    return out
+    def query(self, sql, parameters=None, settings=None):
+        t = time.perf_counter()
+        try:
+            return self._store.query(sql, parameters=parameters,
+                                     settings=dict(settings or {}, use_query_condition_cache=0))
+        finally:
+            self._box[0] += time.perf_counter() - t
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
 
 
 def expected_rates(n_series: int) -> dict[str, float]:
@@ -230,77 +218,94 @@ def run(args) -> int:
 
     store, man, generated = open_cached(args.data, {"gen_version": GEN_VERSION, "series": args.series}, gen, log,
                                         args.regenerate)
+    details: dict = {}
+    if man.get("layout") != LAYOUT:
+        log(f"# cached data predates the {LAYOUT} layout: upgrading it in place")
+        details["upgrade"] = upgrade(store, log)
+        log(f"# upgraded: {details['upgrade']}")
+        man["layout"] = LAYOUT
+        man["upgraded_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        write_manifest(args.data, man)
     merge_wait_s = wait_merges(store, log)
-    catalogue = MetricCatalogue(store, ttl_s=3600)
-    engine = PromQLEngine(lambda tenant: StoreSeriesSource(store, tenant, catalogue))
+    details["index_rows"] = int(store.query(f"SELECT count() FROM {store.database}.otel_metrics_series "
+                                            f"WHERE TenantId = '{TENANT}'").rows[0][0])
+    sql_time = [0.0]
+    timed_store = _TimedStore(store, sql_time)
+    catalogue = MetricCatalogue(timed_store, ttl_s=3600)
+    engine = PromQLEngine(lambda tenant: StoreSeriesSource(timed_store, tenant, catalogue))
     end = man["anchor_ns"]
     step = DAY_S * S // STEPS
     start = end - (STEPS - 1) * step
     figures: dict = {}
-    details: dict = {}
     warnings: list[str] = []
 
     def fig(name: str, value, unit: str = "s") -> None:
         figures[name] = value
         print(f"promql.{name} {value} {unit}", flush=True)
 
-    def measure(name: str, query: str):
+    def warn(msg: str) -> None:
+        warnings.append(msg)
+        print(f"WARNING {msg}", flush=True)
+
+    def measure(name: str, fn, **info):
         t = time.perf_counter()
-        res = engine.range(query, start, end, step, TENANT)
+        res = fn()
         first = time.perf_counter() - t
-        times = []
+        times, sql = [], []
         for _ in range(args.runs):
+            sql_time[0] = 0.0
             t = time.perf_counter()
-            res = engine.range(query, start, end, step, TENANT)
+            res = fn()
             times.append(time.perf_counter() - t)
-        details[name] = dict(query=query, first_s=round(first, 4), runs_s=[round(x, 4) for x in times],
-                             series_out=len(res.series), points_out=sum(len(p) for _, p in res.series))
+            sql.append(sql_time[0])
+        details[name] = dict(info, first_s=round(first, 4), runs_s=[round(x, 4) for x in times],
+                             sql_s=[round(x, 4) for x in sql])
         fig(f"{name}_s", round(statistics.median(times), 4))
         return res
 
-    res = measure("rate_sum_by_250steps", Q_RATE)
+    def query(name: str, q: str, q_start: int = start, q_step: int = step):
+        res = measure(name, lambda: engine.range(q, q_start, end, q_step, TENANT), query=q)
+        details[name].update(series_out=len(res.series), points_out=sum(len(p) for _, p in res.series))
+        return res
+
     want = expected_rates(args.series)
-    got = {lb.get("destination_service"): pts for lb, pts in res.series}
-    bad = [svc for svc, v in want.items()
-           if svc not in got or any(abs(x - v) > 1e-9 * max(1.0, v) for _, x in got[svc])]
-    if bad or len(got) != len(want):
-        warnings.append(f"rate answer differs from the closed form for {len(bad)} of {len(want)} services")
-        print(f"WARNING {warnings[-1]}", flush=True)
-    res = measure("histogram_quantile_250steps", Q_QUANTILE)
+
+    def check_rates(res, services) -> None:
+        got = {lb.get("destination_service"): pts for lb, pts in res.series}
+        bad = [svc for svc in services
+               if svc not in got or any(abs(x - want[svc]) > 1e-9 * max(1.0, want[svc]) for _, x in got[svc])]
+        if bad or len(got) != len(services):
+            warn(f"rate answer differs from the closed form for {len(bad)} of {len(services)} services")
+
+    res = query("rate_sum_by_250steps", Q_RATE)
+    check_rates(res, list(want))
+    res = query("histogram_quantile_250steps", Q_QUANTILE)
     vals = {round(x, 6) for _, pts in res.series for _, x in pts}
     # observations spread evenly over buckets (1, 5], (5, 10], (10, 25], (25, 50]: rank 0.95 × 4c lies in
     # (25, 50], 0.8 of the way
     want_q = 25 + 25 * (0.95 * 4 - 3)
     if vals != {round(want_q, 6)}:
-        warnings.append(f"histogram_quantile answers {sorted(vals)[:5]}, expected {want_q}")
-        print(f"WARNING {warnings[-1]}", flush=True)
+        warn(f"histogram_quantile answers {sorted(vals)[:5]}, expected {want_q}")
+    # a Grafana "last hour" panel: the same rate query, 1 h at a 15 s step (241 steps)
+    res = query("rate_sum_by_1h_15s", Q_RATE, end - 3600 * S, 15 * S)
+    check_rates(res, list(want))
+    # a selective matcher: one destination service (1 % of the series) through SeriesId IN and its skip index
+    svc = "svc-7.shop.svc.cluster.local"
+    res = query("rate_one_service_250steps", f'sum by (destination_service) '
+                                             f'(rate(istio_requests_total{{destination_service="{svc}"}}[1m]))')
+    check_rates(res, [svc])
+    # the index alone: /api/v1/series and /api/v1/label/<name>/values over the day
+    src = StoreSeriesSource(timed_store, TENANT, catalogue)
+    from meshscope.query.promql.ast import Matcher
+    got = measure("series_all_istio_requests_1d", lambda: src.series(
+        [Matcher("__name__", "=", "istio_requests_total")], end - DAY_S * S, end))
+    if len(got) != args.series:
+        warn(f"series() answered {len(got)} label sets, expected {args.series}")
+    got = measure("label_values_destination_service_1d", lambda: src.label_values(
+        "destination_service", end - DAY_S * S, end))
+    if len(got) != 100:
+        warn(f"label_values answered {len(got)} values, expected 100")
     fig("samples_in_range", man["rows"]["otel_metrics_sum"], "rows")
-    if args.series_index:
-        details["series_index_build_s"] = round(add_series_index(store, log), 1)
-        wait_merges(store, log)
-        rng = 60 * S
-
-        def timed(name, fn):
-            fn()
-            times = []
-            for _ in range(args.runs):
-                t = time.perf_counter()
-                res = fn()
-                times.append(time.perf_counter() - t)
-            details[name] = dict(runs_s=[round(x, 4) for x in times])
-            fig(f"{name}_s", round(statistics.median(times), 4))
-            return res
-
-        res = timed("rate_sum_by_250steps_series_index", lambda: series_index_query(
-            store, "istio_requests_total", "otel_metrics_sum", start, end, step, rng, False))
-        if any(abs(res[svc][-1] - v) > 1e-9 * v for svc, v in want.items()):
-            warnings.append("series-index rate answer differs from the closed form")
-            print(f"WARNING {warnings[-1]}", flush=True)
-        res = timed("histogram_quantile_250steps_series_index", lambda: series_index_query(
-            store, "istio_request_duration_milliseconds", "otel_metrics_histogram", start, end, step, rng, True))
-        if {round(float(x), 6) for a in res.values() for x in a} != {round(want_q, 6)}:
-            warnings.append("series-index quantile answer differs")
-            print(f"WARNING {warnings[-1]}", flush=True)
     store.close()
     out = dict(figures=figures, details=details, machine=info, warnings=warnings,
                data=dict(man, generated_now=generated, merge_wait_s=round(merge_wait_s, 1)),
@@ -320,9 +325,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json-out", default=os.path.join(HERE, "results", "promql.json"))
     ap.add_argument("--chunk", type=int, default=1000, help="series per generating INSERT (default 1000)")
     ap.add_argument("--regenerate", action="store_true", help="ignore cached data")
-    ap.add_argument("--series-index", action="store_true",
-                    help="also measure the proposed layout (SeriesId column + series table), added to the cached "
-                         "data in place; --regenerate afterwards to measure the shipped schema alone again")
     args = ap.parse_args(argv)
     if not 1 <= args.runs <= 11 or args.chunk < 1 or args.series < 100:
         ap.error("--runs 1..11, --chunk >= 1, --series >= 100")
