@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import threading
 import time
 import urllib.error
@@ -18,6 +17,7 @@ import urllib.request
 import uuid
 
 import pytest
+from test_otlp_sql import insert as otlp_insert
 from aiohttp import web
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.sdk.metrics import MeterProvider
@@ -26,8 +26,6 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 
 from conftest import free_port
-from meshscope.collector.batcher import statements
-from meshscope.collector.otlp_wire import WIRE, envelope
 from meshscope.query.prom_api import PromApi, parse_duration, parse_time
 
 S = 1_000_000_000
@@ -95,13 +93,7 @@ def call(base: str, path: str, params=None, tenant: str | None = None, method: s
 
 def insert_sdk(store, tmp_path, reader: InMemoryMetricReader, tenant: str) -> None:
     """Collect the SDK's current cumulative state and store it as ``meshscope serve`` would."""
-    req = encode_metrics(reader.get_metrics_data())
-    path = tmp_path / f"{uuid.uuid4().hex}.seg"
-    path.write_bytes(envelope(req.SerializeToString(), tenant))
-    wire = WIRE["metrics"]
-    for _table, sql in statements("metrics", store.database).items():
-        store.insert_wire(sql, wire.structure, wire.proto, wire.envelope, str(path))
-    os.unlink(path)
+    otlp_insert(store, tmp_path, "metrics", encode_metrics(reader.get_metrics_data()), tenant=tenant)
 
 
 def point_times(store, tenant: str, table: str = "otel_metrics_sum") -> list[int]:

@@ -6,17 +6,15 @@ Points go in as OTLP protobuf through the collector's own insert statements, so 
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
 import uuid
 
 import numpy as np
 import pytest
+from test_otlp_sql import insert as otlp_insert
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from meshscope.collector.batcher import statements
-from meshscope.collector.otlp_wire import WIRE, envelope
 from meshscope.query.promql.ast import Matcher
 from meshscope.query.promql.store_source import (STALE_NAN, StoreSeriesSource, format_le, is_stale, label_name,
                                                  load_series, normalize_name)
@@ -26,12 +24,7 @@ T0 = (time.time_ns() // (60 * S) - 30) * 60 * S  # 30 minutes ago, whole minute
 
 
 def insert(store, tmp_path, req: ExportMetricsServiceRequest, tenant: str) -> None:
-    path = tmp_path / f"{uuid.uuid4().hex}.seg"
-    path.write_bytes(envelope(req.SerializeToString(), tenant))
-    wire = WIRE["metrics"]
-    for _table, sql in statements("metrics", store.database).items():
-        store.insert_wire(sql, wire.structure, wire.proto, wire.envelope, str(path))
-    os.unlink(path)
+    otlp_insert(store, tmp_path, "metrics", req, tenant=tenant)
 
 
 def request(resource: dict, metrics: list) -> ExportMetricsServiceRequest:

@@ -8,16 +8,14 @@ per process), so it runs the real schema files and the real backfill."""
 from __future__ import annotations
 
 import copy
-import os
 import time
 import uuid
 
 import pytest
+from test_otlp_sql import insert as otlp_insert
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
-from meshscope.collector.batcher import statements
-from meshscope.collector.otlp_wire import WIRE, envelope
 from meshscope.query.promql.ast import Matcher
 from meshscope.query.promql.store_source import MetricCatalogue, StoreSeriesSource
 from meshscope.schema import BACKFILL_PENDING, BACKFILLED, apply_schema, render, schema_files, split_statements
@@ -35,12 +33,7 @@ INDEX_COLUMNS = ("TenantId, MetricName, Kind, MetricUnit, SeriesId, toUnixTimest
 
 
 def insert(store, tmp_path, req: ExportMetricsServiceRequest, tenant: str) -> None:
-    path = tmp_path / f"{uuid.uuid4().hex}.seg"
-    path.write_bytes(envelope(req.SerializeToString(), tenant))
-    wire = WIRE["metrics"]
-    for _table, sql in statements("metrics", store.database).items():
-        store.insert_wire(sql, wire.structure, wire.proto, wire.envelope, str(path))
-    os.unlink(path)
+    otlp_insert(store, tmp_path, "metrics", req, tenant=tenant)
 
 
 def _attrs(target, attrs: dict) -> None:
