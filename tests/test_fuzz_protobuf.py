@@ -617,7 +617,7 @@ def test_request_spanning_more_than_100_days_is_stored(tmp_path):
             with urllib.request.urlopen(srv.http_url + "/metrics", timeout=10) as resp:
                 text = resp.read().decode()
             inserted = sum(float(line.split()[-1]) for line in text.splitlines()
-                           if line.startswith("meshscope_inserted_rows_total{"))
+                           if line.startswith('meshscope_inserted_rows_total{signal="traces"'))
             if inserted >= 101:
                 break
             time.sleep(0.2)

@@ -164,7 +164,9 @@ def wait_until(cond, timeout: float, what: str) -> None:
 def inserted_rows(srv) -> float:
     with urllib.request.urlopen(srv.http_url + "/metrics", timeout=10) as r:
         text = r.read().decode()
-    return sum(float(m.group(1)) for m in re.finditer(r"^meshscope_inserted_rows_total\{[^}]*\} (\S+)$", text, re.M))
+    # traces only: meshscope's self-monitoring inserts metrics rows of its own
+    return sum(float(m.group(1)) for m in re.finditer(r'^meshscope_inserted_rows_total\{[^}]*signal="traces"[^}]*\} (\S+)$',
+                                                      text, re.M))
 
 
 def wal_segments(data_dir: str) -> list[str]:
