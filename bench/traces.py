@@ -43,7 +43,7 @@ from benchutil import (load_avg, machine_info, open_cached, wait_merges,  # noqa
                        write_json)
 from graph import _arr  # noqa: E402 - bench/graph.py's SQL array literal
 
-GEN_VERSION = 1
+GEN_VERSION = 2  # 2: otel_traces with 1024-row granules
 S = 10**9
 MIN = 60 * S
 SPAN_NS = 6 * 60 * MIN
