@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,12 @@ def test_non_editable_install_into_fresh_venv(tmp_path):
     # system site packages provide the (large) dependencies; meshscope itself is built and installed fresh
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     py = venv / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(ROOT)],
+    # from a copy without build artefacts: a stale build/ would hide files missing from the package data
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        "build", "dist", "*.egg-info", "bench-data", "meshscope-data", "test-artifacts", ".git", "__pycache__",
+        ".hypothesis", ".pytest_cache"))
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(src)],
                    check=True, cwd=tmp_path, timeout=300)
     probe = (
         "import meshscope, meshscope.collector.otlp_http, meshscope.query.http_api, meshscope.schema as s\n"
@@ -28,6 +34,12 @@ def test_non_editable_install_into_fresh_venv(tmp_path):
         "assert names and all(n.endswith('.sql') for n in names), names\n"
         "import importlib.util\n"
         "assert importlib.util.find_spec('collector') is None and importlib.util.find_spec('query') is None\n"
+        # the web dashboard's assets and the shipped dashboards come with the wheel (nothing is built at run time)
+        "from meshscope.ui.routes import STATIC_DIR, PAGES, default_dashboards_dir\n"
+        "assert 'site-packages' in str(STATIC_DIR) and (STATIC_DIR / 'index.html').is_file()\n"
+        "assert all((STATIC_DIR / 'pages' / f'{p}.js').is_file() for p in PAGES), PAGES\n"
+        "assert {'mesh-overview', 'service-detail', 'meshscope-self'} <= "
+        "{f.stem for f in default_dashboards_dir().glob('*.json')}\n"
         "print('ok')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
