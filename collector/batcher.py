@@ -44,7 +44,7 @@ class BufferFull(Exception):
 @dataclass
 class FlushPolicy:
     rows: int = 200_000
-    bytes: int = 48 * 1024 * 1024
+    bytes: int = 40 * 1024 * 1024
     interval: float = 1.0
     max_buffered_rows: int = 2_000_000
     max_wal_bytes: int = 1024**3  # acknowledged bytes on disk awaiting the store; past this: 429

@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-request-bytes", type=_size, default=32 * 1024 * 1024,
                        help="largest accepted request body, also after gzip inflation (default 32MiB)")
     serve.add_argument("--flush-rows", type=int, default=200_000, help="flush a buffer at this many rows")
-    serve.add_argument("--flush-bytes", type=_size, default=48 * 1024 * 1024,
-                       help="flush a buffer at this size (default 48MiB: bounds the memory of one insert)")
+    serve.add_argument("--flush-bytes", type=_size, default=40 * 1024 * 1024,
+                       help="flush a buffer at this size (default 40MiB: bounds the memory of one insert)")
     serve.add_argument("--flush-interval", type=_duration, default=1.0,
                        help="flush a buffer this long after its first write (default 1s)")
     serve.add_argument("--insert-workers", type=int, default=1,
