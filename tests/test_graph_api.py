@@ -11,6 +11,7 @@ import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
+from test_otlp_sql import insert as otlp_insert
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -176,17 +177,7 @@ def test_routes_helper_lists_every_path():
 # ------------------------------------------------------------------------------------------- the real path
 def insert(store, tmp_path, signal, requests, tenant):
     """The collector's write path: OTLP bytes in a WAL segment, one ``INSERT ... FORMAT Protobuf`` per table."""
-    from meshscope.collector.batcher import statements
-    from meshscope.collector.otlp_wire import WIRE, envelope
-
-    path = tmp_path / f"{uuid.uuid4().hex}.seg"
-    with open(path, "wb") as f:
-        for r in requests:
-            f.write(envelope(r.SerializeToString(), tenant))
-    wire = WIRE[signal]
-    for _table, sql in statements(signal, store.database).items():
-        store.insert_wire(sql, wire.structure, wire.proto, wire.envelope, str(path))
-    os.unlink(path)
+    otlp_insert(store, tmp_path, signal, *requests, tenant=tenant)
 
 
 @pytest.fixture(scope="module")

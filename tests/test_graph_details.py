@@ -12,6 +12,7 @@ import uuid
 
 import orjson
 import pytest
+from test_otlp_sql import insert as otlp_insert
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -41,17 +42,7 @@ def call(route_defs, path, params=None, headers=None):
 
 def insert(store, tmp_path, signal, requests, tenant):
     """The collector's write path: OTLP bytes in a WAL segment, one ``INSERT ... FORMAT Protobuf`` per table."""
-    from meshscope.collector.batcher import statements
-    from meshscope.collector.otlp_wire import WIRE, envelope
-
-    path = tmp_path / f"{uuid.uuid4().hex}.seg"
-    with open(path, "wb") as f:
-        for r in requests:
-            f.write(envelope(r.SerializeToString(), tenant))
-    wire = WIRE[signal]
-    for _table, sql in statements(signal, store.database).items():
-        store.insert_wire(sql, wire.structure, wire.proto, wire.envelope, str(path))
-    os.unlink(path)
+    otlp_insert(store, tmp_path, signal, *requests, tenant=tenant)
 
 
 def logs_request(start_ns: int) -> ExportLogsServiceRequest:

@@ -278,17 +278,16 @@ def links(store, tenant: str, ident: Identity, start_ns: int, end_ns: int, graph
             traces["tags"] = {"k8s.deployment.name": dep}
         elif ident.version and ver == ident.version:
             traces["tags"] = {"service.version": ver}
+    matchers = _workload_selector(store, ident, params, ident_sql, graph_type)
+    if matchers:  # the workload's app and access logs, one selector
+        return {"logs": {"query": "{" + ", ".join(matchers) + "}"}, "traces": traces}
     r = store.query(
         f"SELECT ResourceAttributes['service.name'] AS svc, ResourceAttributes['k8s.namespace.name'] AS ns, "
         f"ResourceAttributes['k8s.deployment.name'] AS dep, count() AS n FROM {store.database}.otel_logs "
         f"WHERE {_LOG_WINDOW} AND {ident_sql} AND svc != '' GROUP BY svc, ns, dep ORDER BY n DESC LIMIT 1", params)
-    matchers = []
     if ident.guessed and not found and not r.rows:
         return None
-    by_workload = _workload_selector(store, ident, params, ident_sql, graph_type)
-    if by_workload:
-        matchers = by_workload
-    elif r.rows:
+    if r.rows:
         svc, ns, dep, _n = r.rows[0]
         matchers.append(f"service_name={logql_string(svc)}")
         if ns:
