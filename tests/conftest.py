@@ -200,7 +200,12 @@ def demo_server(tmp_path_factory):
                 q = urllib.parse.urlencode({"query": '{service_name="productpage"}', "limit": "5"})
                 logs = _get_json(srv.http_url + "/loki/api/v1/query_range?" + q)
                 seen["log streams"] = len(logs["data"]["result"])
-                if seen["nodes"] >= 4 and seen["traces"] and seen["log streams"]:
+                # Dashboards rate() Istio's counters per service: wait until every bookinfo service has two samples.
+                q = urllib.parse.urlencode({"query": 'count(sum by (destination_service_name) '
+                                            '(rate(istio_requests_total{reporter="destination"}[1m])))'})
+                rated = _get_json(srv.http_url + "/api/v1/query?" + q)["data"]["result"]
+                seen["rated services"] = int(float(rated[0]["value"][1])) if rated else 0
+                if seen["nodes"] >= 4 and seen["traces"] and seen["log streams"] and seen["rated services"] >= 4:
                     break
             except OSError:
                 pass
