@@ -308,3 +308,35 @@ def test_promoted_edge_columns_equal_the_attributes_they_come_from(store, meshes
     total, *mismatches, with_bytes, with_upstream = row
     assert total > 0 and with_bytes > 0 and with_upstream > 0, row
     assert mismatches == [0] * 6, row
+
+
+def test_tenants_sharing_span_ids_are_never_joined(store, tmp_path):
+    """The joins match spans by a hash of (tenant, trace, span): a tenant whose SERVER spans have the ids of another
+    tenant's spans must not borrow that tenant's callers, neither raw nor in the rollup (which runs for all)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    start = (time.time_ns() // MINUTE_NS - 30) * MINUTE_NS
+    b = gm.build(start, 50, seconds=60, salt=b"tenants", with_metrics=False)
+    full, servers_only = f"graph-tenant-full-{RUN}", f"graph-tenant-servers-{RUN}"
+    insert(store, tmp_path, "traces", *b.traces, tenant=full)
+    stripped = []
+    for req in b.traces:
+        r = ExportTraceServiceRequest()
+        r.CopyFrom(req)
+        for rs in r.resource_spans:
+            for ss in rs.scope_spans:
+                keep = [s for s in ss.spans if s.kind == 2]  # SPAN_KIND_SERVER
+                del ss.spans[:]
+                ss.spans.extend(keep)
+        stripped.append(r)
+    insert(store, tmp_path, "traces", *stripped, tenant=servers_only)
+    lo, hi = start, start + 4 * MINUTE_NS
+    EdgeRollup(store, lookback_minutes=6, backfill_hours=0).run_once(hi + MINUTE_NS)
+    for source in ("raw", "rollup"):
+        with_callers = by_key(fetch_edges(store, full, lo, hi, source=source))
+        assert (gm.FRONTEND.node(), gm.CART.node(), "http") in with_callers, source
+        alone = fetch_edges(store, servers_only, lo, hi, source=source)
+        assert alone, source
+        # Without its parents every SERVER span is a root: its source is unknown or the caller Envoy named.
+        assert all(e.source.kind == "unknown" or e.source.workload != gm.FRONTEND.node()[2] for e in alone), source
+        assert not any(node_key(e.source) == gm.FRONTEND.node() for e in alone), source

@@ -54,6 +54,10 @@ MINUTE_NS = 60 * NS
 PARENT_LOOKBACK_NS = 60 * NS   # a parent starts before its child; callers start milliseconds before callees
 CHILD_LOOKAHEAD_NS = 60 * NS   # a client's child (the callee, or its own sidecar) starts right after it
 ROLLUP_TABLE = "otel_service_edges_1m"
+# Build the join's hash tables from the right side (the parents; the spans that have children) as written:
+# ClickHouse 25+'s automatic swap would hash the children instead, carrying all their strings through the join
+# (10M spans, 6 h: 7.7 s swapped, 4.7 s as written).
+JOIN_SETTINGS = {"query_plan_join_swap_table": "false"}
 
 _SERVER_KINDS = "('SPAN_KIND_SERVER', 'SPAN_KIND_CONSUMER')"
 _CLIENT_KINDS = "('SPAN_KIND_CLIENT', 'SPAN_KIND_PRODUCER')"
@@ -103,7 +107,7 @@ MULTIPLIER_SQL = (
 )
 
 
-_COMMON = """TenantId AS tenant, cityHash64(TraceId) AS trace_h, cityHash64(TraceId, SpanId) AS self_h,
+_COMMON = """TenantId AS tenant, cityHash64(TenantId, TraceId, SpanId) AS self_h,
         SpanKind AS kind, MeshProxy AS proxy, MeshCluster AS cl, MeshNamespace AS ns, MeshWorkload AS wl0,
         ServiceName AS sn, MeshApp AS app0, MeshVersion AS ver, MeshPeerService AS host, MeshProtocol AS proto"""
 
@@ -173,7 +177,9 @@ def edge_rows_sql(db: str, n_ranges: int, tenant: bool) -> str:
     ranges = [(0, 0)] * n_ranges
     tf = "TenantId = {tenant:String} AND " if tenant else ""
     t = f"{db}.otel_traces"
-    children = f"""SELECT {_COMMON}, cityHash64(TraceId, ParentSpanId) AS parent_h, ParentSpanId = '' AS is_root,
+    # The tenant is folded into the span hashes so that both joins are on one UInt64: a (String, UInt64) key
+    # made them about three times slower (10M spans, 6 h: 10.5 s -> 5.4 s for the whole raw query).
+    children = f"""SELECT {_COMMON}, cityHash64(TenantId, TraceId, ParentSpanId) AS parent_h, ParentSpanId = '' AS is_root,
         {_MEASURED},
         if(ParentSpanId = '', MeshCaller, '') AS caller
     FROM {t} WHERE {tf}SpanKind IN {_SERVER_KINDS} AND {_ranges_sql(ranges)}"""
@@ -184,7 +190,7 @@ def edge_rows_sql(db: str, n_ranges: int, tenant: bool) -> str:
         MeshDbSystem AS db_sys, MeshDbNamespace AS db_ns, MeshMessagingSystem AS msg_sys,
         MeshMessagingDestination AS msg_dest, MeshUpstreamCluster AS upstream, MeshUrlHost AS url_host
     FROM {t} WHERE {tf}SpanKind IN {_CLIENT_KINDS} AND {_ranges_sql(ranges)}"""
-    kids = f"""SELECT TenantId AS tenant, cityHash64(TraceId, ParentSpanId) AS parent_h
+    kids = f"""SELECT cityHash64(TenantId, TraceId, ParentSpanId) AS parent_h
     FROM {t} WHERE {tf}SpanKind IN {_REMOTE_KINDS} AND ParentSpanId != ''
       AND {_ranges_sql(ranges, after=CHILD_LOOKAHEAD_NS)}"""
 
@@ -206,7 +212,7 @@ def edge_rows_sql(db: str, n_ranges: int, tenant: bool) -> str:
     host_pair = f"if({found} AND p.kind IN {_CLIENT_KINDS}, replaceRegexpOne(p.host, ':[0-9]+$', ''), '')"
     paired = f"""SELECT {_row(src, _span_identity('c'), proto_pair, 'c', host_pair)}
 FROM ({children}) AS c
-LEFT JOIN ({parents}) AS p ON p.tenant = c.tenant AND p.self_h = c.parent_h
+LEFT JOIN ({parents}) AS p ON p.self_h = c.parent_h
 WHERE NOT ({collapse})"""
 
     # virtual destinations of terminal client spans
@@ -231,7 +237,7 @@ WHERE NOT ({collapse})"""
     proto_v = "if(v.proto != '', v.proto, 'tcp')"
     virtual = f"""SELECT {_row(_span_identity('v'), vdst, proto_v, 'v', f"if({is_host}, {vhost}, '')")}
 FROM ({clients}) AS v
-LEFT ANTI JOIN ({kids}) AS k ON k.tenant = v.tenant AND k.parent_h = v.self_h"""
+LEFT ANTI JOIN ({kids}) AS k ON k.parent_h = v.self_h"""
     return f"{paired}\nUNION ALL\n{virtual}"
 
 
@@ -337,7 +343,7 @@ def _raw_rows(store, tenant: str, ranges: Sequence[tuple[int, int]], namespaces)
     params: dict[str, Any] = {"tenant": tenant, **_range_params(ranges)}
     if namespaces:
         params["namespaces"] = list(namespaces)
-    return store.query(sql, params).dicts()
+    return store.query(sql, params, settings=JOIN_SETTINGS).dicts()
 
 
 def _covered_minutes(store, tenant: str, lo_min: int, hi_min: int) -> dict[int, int]:
@@ -480,7 +486,7 @@ class EdgeRollup:
         db = self.store.database
         gen = self._generation()
         params = {"gen": gen, "lo0": lo, "hi0": hi}
-        self.store.command(rollup_insert_sql(db), params)
+        self.store.command(rollup_insert_sql(db), params, settings=JOIN_SETTINGS)
         self.store.command(marker_insert_sql(db), params)
         self.store.command(
             f"DELETE FROM {db}.{ROLLUP_TABLE} WHERE Minute >= toDateTime({{a:Int64}}) "
