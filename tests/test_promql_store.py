@@ -473,3 +473,93 @@ def test_series_of_two_resources_with_one_label_set_are_one_series(store, tmp_pa
     g = src.range_function("rate", [Matcher("__name__", "=", "hits_total")], 60 * S, np.array([T0 + 50 * S]))
     assert g is not None and len(g) == 1
     np.testing.assert_allclose(g[0].values, [_prom_rate(s.ts, s.values, T0 + 50 * S, 60 * S)], rtol=1e-9)
+
+
+class _NoAggregatePushdown(StoreSeriesSource):
+    """The same source without the aggregation push-down: the engine sums the per-series grids itself."""
+    aggregate_range_function = None
+
+
+class _CountingSource(StoreSeriesSource):
+    pushed = 0
+
+    def aggregate_range_function(self, *a, **kw):
+        out = super().aggregate_range_function(*a, **kw)
+        type(self).pushed += out is not None
+        return out
+
+
+@pytest.fixture(scope="module")
+def agg_tenant(store, tmp_path_factory):
+    """Counters and a histogram with resets, late starts, gaps and both temporalities, for comparing the
+    aggregation push-down with the engine's own aggregation of the same per-series grids."""
+    tmp = tmp_path_factory.mktemp("agg")
+    tenant = f"map-agg-{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(7)
+    counters, reqs2 = [], []
+    for svc in ("a", "b", "c"):
+        for code in ("200", "503"):
+            v, pts = 0.0, []
+            for i in range(40):
+                if svc == "c" and i < 12:
+                    continue  # starts late: absent in the first steps
+                if svc == "b" and code == "503" and 18 <= i < 24:
+                    continue  # a gap longer than the range
+                v = 0.0 if (svc == "a" and i == 20) else v + float(rng.integers(0, 50))  # one reset
+                pts.append((T0 + i * 15 * S, v, {"svc": svc, "code": code}))
+            counters += pts
+            if svc == "a":
+                reqs2 += pts
+    hist = []
+    for svc in ("a", "b"):
+        c = np.zeros(3)
+        for i in range(40):
+            c += rng.integers(0, 20, size=3)
+            hist.append((T0 + i * 15 * S, (int(c.sum()), float(c.sum()) * 0.3, [int(x) for x in c], [0.1, 1.0]),
+                         {"svc": svc}))
+    deltas = [(T0 + i * 15 * S, float(rng.integers(1, 9)), {"svc": "d", "code": "200"}) for i in range(40)]
+    insert(store, tmp, request({"service.name": "shop"}, [
+        metric("reqs", "sum", counters), metric("lat", "histogram", hist), metric("reqs2", "sum", reqs2)]), tenant)
+    insert(store, tmp, request({"service.name": "edge"}, [metric("reqs", "sum", deltas, temporality=1)]), tenant)
+    return tenant
+
+
+@pytest.mark.parametrize("q", [
+    "sum by (svc) (rate(reqs_total[1m]))",
+    "sum(rate(reqs_total[1m]))",
+    "sum without (code) (increase(reqs_total[2m]))",
+    "count by (code) (rate(reqs_total[1m]))",
+    'sum by (svc) (rate(reqs_total{code="503"}[1m]))',
+    'sum by (job) (rate(reqs_total{svc=~"a|d"}[1m] offset 1m))',
+    "sum by (le) (rate(lat_bucket[1m]))",
+    "histogram_quantile(0.9, sum by (le, svc) (rate(lat_bucket[1m])))",
+    "sum by (svc) ((rate(lat_count[2m])))",
+    'sum(rate({__name__=~"reqs_total|lat_count"}[1m]))',
+])
+def test_aggregation_pushdown_equals_engine_aggregation(store, agg_tenant, q):
+    from meshscope.query.promql.engine import PromQLEngine
+
+    start, end, step = T0 + 60 * S, T0 + 600 * S, 15 * S
+    _CountingSource.pushed = 0
+    pushed = PromQLEngine(lambda t: _CountingSource(store, t)).range(q, start, end, step, agg_tenant)
+    assert _CountingSource.pushed == 1, "the aggregation was not pushed down"
+    plain = PromQLEngine(lambda t: _NoAggregatePushdown(store, t)).range(q, start, end, step, agg_tenant)
+    assert plain.series, "the query selects nothing: the comparison would be empty"
+    assert [lb for lb, _ in pushed.series] == [lb for lb, _ in plain.series]
+    for (lb, got), (_, want) in zip(pushed.series, plain.series):
+        assert [t for t, _ in got] == [t for t, _ in want], lb
+        np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-12, err_msg=str(lb))
+
+
+def test_aggregation_pushdown_leaves_colliding_label_sets_to_the_engine(store, agg_tenant):
+    """Two names whose series are equal once ``rate`` drops the name: Prometheus refuses the vector; the
+    push-down declines and the engine reports it."""
+    from meshscope.query.promql.engine import PromQLEngine
+    from meshscope.query.promql.errors import PromQLError
+
+    _CountingSource.pushed = 0
+    engine = PromQLEngine(lambda t: _CountingSource(store, t))
+    with pytest.raises(PromQLError, match="same labelset"):
+        engine.range('sum(rate({__name__=~"reqs_total|reqs2_total"}[1m]))', T0 + 60 * S, T0 + 600 * S, 15 * S,
+                     agg_tenant)
+    assert _CountingSource.pushed == 0

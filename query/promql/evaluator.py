@@ -13,7 +13,9 @@ Pushdown seam: before reading raw samples for ``f(selector[r])`` the evaluator o
 ``source.range_function(f, matchers, r, window_ends)``; for a plain instant selector it offers
 ``source.last_grid(matchers, lookback, times)``. A source that returns ``GridSeries`` (labels as stored, one value
 per requested time, a presence mask) has done the per-series work (e.g. ClickHouse ``timeSeriesRateToGrid``);
-``None`` means "read raw samples instead". Name dropping and duplicate checks happen here either way.
+``None`` means "read raw samples instead". Name dropping and duplicate checks happen here either way. For
+``sum``/``count`` of such a call the evaluator first offers the whole aggregation,
+``source.aggregate_range_function(op, f, matchers, r, group_of, window_ends)``: grids per output group.
 """
 from __future__ import annotations
 
@@ -312,7 +314,6 @@ class Evaluator:
             raise PromQLError("Ratio value is NaN", "execution")
         if op == "count_values" and not is_valid_label_name(param):
             raise PromQLError(f"invalid label name {prom_quote(param)}", "execution")
-        inner = self.eval(node.expr, steps)
         if node.without:
             drop = set(node.grouping) | {"__name__"}
 
@@ -323,6 +324,11 @@ class Evaluator:
 
             def group_of(labels):
                 return {k: v for k, v in labels.items() if k in keep}
+        pushed = self._try_aggregate_pushdown(op, node, group_of, steps) if param is None else None
+        if pushed is not None:
+            return [S(dict(g.labels), key(g.labels), np.asarray(g.values, dtype=np.float64),
+                      np.asarray(g.present, dtype=bool)) for g in pushed]
+        inner = self.eval(node.expr, steps)
         if op in ("topk", "bottomk"):
             k = np.clip(np.nan_to_num(param, nan=0.0), -2.0**62, 2.0**62).astype(np.int64)
             return vo.aggregate(op, inner, group_of, PROM, n, k)
@@ -658,6 +664,20 @@ class Evaluator:
                 labels.pop("__name__", None)
             out.append(S(labels, key(labels), v, p))
         return self.check_dups(out, whole_range=True)
+
+    def _try_aggregate_pushdown(self, op: str, node: A.AggregateExpr, group_of, steps: np.ndarray):
+        """``sum``/``count`` of ``rate``/``increase`` of a selector, offered whole to the source (which then
+        returns one grid per group instead of one per series), or None."""
+        hook = getattr(self.source, "aggregate_range_function", None)
+        inner = node.expr
+        while isinstance(inner, A.ParenExpr):
+            inner = inner.expr
+        if hook is None or op not in ("sum", "count") or not isinstance(inner, A.Call) \
+                or inner.func not in ("rate", "increase") or len(inner.args) != 1 \
+                or not isinstance(inner.args[0], A.MatrixSelector):
+            return None
+        marg = inner.args[0]
+        return hook(op, inner.func, marg.vs.matchers, marg.range_ns, group_of, self._times(steps, marg.vs))
 
     def _try_pushdown(self, fn: str, marg: A.Expr, steps: np.ndarray):
         hook = getattr(self.source, "range_function", None)

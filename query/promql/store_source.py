@@ -720,14 +720,9 @@ class StoreSeriesSource:
         return sorted({c.prom_name for c in self.catalogue.entries(self.tenant)})
 
     # -------------------------------------------------------------------------------- push-down
-    def range_function(self, fn: str, matchers: list, range_ns: int, *rest) -> list | None:
-        """``rate``/``increase`` evaluated in ClickHouse with ``timeSeriesRateToGrid``/``…IncreaseToGrid``
-        (Prometheus' extrapolation, verified equal in the reference §2.6): returns ``[(labels, values)]`` with one
-        float per step (NaN = no value; the metric name is kept, the engine drops it), or None when this call is
-        not one the push-down handles (the engine then evaluates the raw samples itself).
-
-        ``rest``: ``times_ns`` (evaluation times, evenly spaced, offset already applied) or ``offset_ns, steps``
-        with ``steps`` = (start_ns, end_ns, step_ns) or an array of times. Answers ``GridSeries``."""
+    def _pushable(self, fn: str, matchers: list, range_ns: int, rest: tuple):
+        """The checks both push-downs share: (grid, label matchers, groups of entries) or None to decline.
+        ``grid`` = (lo, hi, step_ns, n_steps) with the offset applied."""
         if fn not in ("rate", "increase"):
             return None
         offset_ns, steps = (0, rest[0]) if len(rest) == 1 else (int(rest[0]), rest[1])
@@ -744,26 +739,121 @@ class StoreSeriesSource:
         if any(c.table == "sum" and not c.monotonic for c in entries) or \
                 any(c.table == "gauge" for c in entries):
             return None  # gauges: Prometheus' rate applies counter-reset logic regardless; keep to the raw path
-        lo, hi = start_ns - offset_ns, end_ns - offset_ns
-        out: dict[tuple, tuple[dict, np.ndarray]] = {}
         groups: dict[tuple, list[CatalogueEntry]] = {}
         for c in entries:
             groups.setdefault((c.table, c.component), []).append(c)
-        for (table, comp), ents in sorted(groups.items()):
-            for labels, key, vals in self._grid_read(fn, table, comp, ents, label_matchers, matchers, lo, hi,
-                                                     step_ns, range_ns, n_steps):
-                if not match_labels(matchers, labels):
-                    continue
-                if key in out:  # two stored metrics, one series: Prometheus would see one merged series
-                    return None
-                out[key] = vals
-                if len(out) > self.max_series:
-                    from .errors import PromQLError
-                    raise PromQLError(f"the query selects more than {self.max_series} series", "execution")
+        return (start_ns - offset_ns, end_ns - offset_ns, step_ns, n_steps), label_matchers, sorted(groups.items())
+
+    def _too_many(self, n: int) -> None:
+        if n > self.max_series:
+            from .errors import PromQLError
+            raise PromQLError(f"the query selects more than {self.max_series} series", "execution")
+
+    def range_function(self, fn: str, matchers: list, range_ns: int, *rest) -> list | None:
+        """``rate``/``increase`` evaluated in ClickHouse with ``timeSeriesRateToGrid``/``…IncreaseToGrid``
+        (Prometheus' extrapolation, verified equal in the reference §2.6): returns ``[(labels, values)]`` with one
+        float per step (NaN = no value; the metric name is kept, the engine drops it), or None when this call is
+        not one the push-down handles (the engine then evaluates the raw samples itself).
+
+        ``rest``: ``times_ns`` (evaluation times, evenly spaced, offset already applied) or ``offset_ns, steps``
+        with ``steps`` = (start_ns, end_ns, step_ns) or an array of times. Answers ``GridSeries``."""
+        plan = self._pushable(fn, matchers, range_ns, rest)
+        if plan is None:
+            return None
+        (lo, hi, step_ns, n_steps), label_matchers, groups = plan
+        out: dict[tuple, np.ndarray] = {}
+        for (table, comp), ents in groups:
+            lk = self._lookup(table, comp, ents, label_matchers, matchers, lo - range_ns + 1, hi)
+            for delta, sql, params in self._grid_queries(fn, table, comp, lk, lo, hi, step_ns, range_ns):
+                for sid, g in self.store.query(sql, parameters=params, settings=GRID_SETTINGS).rows:
+                    s = lk.series.get(sid)
+                    if s is None or (s.entry.temporality == 1) != delta:
+                        continue
+                    rows = g if comp == "bucket" else [g]  # one grid per label set (per le for buckets)
+                    for j, (labels, key) in enumerate(s.labelled()):
+                        if not match_labels(matchers, labels):
+                            continue
+                        if key in out:  # two stored metrics, one series: Prometheus would see one merged series
+                            return None
+                        out[key] = _grid_array(rows[j] if j < len(rows) else [], n_steps)
+                        self._too_many(len(out))
         return [GridSeries(dict(k), vals, ~np.isnan(vals)) for k, vals in sorted(out.items(), key=lambda kv: kv[0])]
 
-    def _grid_read(self, fn, table, comp, entries, label_matchers, matchers, lo, hi, step_ns, range_ns, n_steps):
-        lk = self._lookup(table, comp, entries, label_matchers, matchers, lo - range_ns + 1, hi)
+    def aggregate_range_function(self, op: str, fn: str, matchers: list, range_ns: int, group_of, *rest) \
+            -> list | None:
+        """``sum``/``count`` ``by``/``without`` of a pushed-down ``rate``/``increase``, aggregated in ClickHouse:
+        the grids of all series are summed per output group there (``sumKahanForEach``; Prometheus sums with
+        Kahan-Neumaier compensation, ClickHouse with Kahan's) and only one grid per group comes back, instead of
+        one per series. ``group_of`` maps a series' labels (the metric name already dropped, as ``rate`` does) to
+        its group's labels. Answers ``GridSeries`` per group, or None to decline (then the engine evaluates the
+        inner call and aggregates itself; so do label sets that would collide once the name is dropped, whose
+        error the engine reports)."""
+        if op not in ("sum", "count"):
+            return None
+        plan = self._pushable(fn, matchers, range_ns, rest)
+        if plan is None:
+            return None
+        (lo, hi, step_ns, n_steps), label_matchers, table_groups = plan
+        seen: set[tuple] = set()
+        group_ids: dict[tuple, int] = {}
+        group_labels: list[dict] = []
+        work = []
+        for (table, comp), ents in table_groups:
+            lk = self._lookup(table, comp, ents, label_matchers, matchers, lo - range_ns + 1, hi)
+            # label set j (1-based) of series ids[i] is in group flat[offsets[i] + j] (-1: none); a series the
+            # lookup did not keep maps to offset 0, the leading block of -1s
+            pad = max((len(s.labelled()) for s in lk.series.values()), default=0)
+            ids, offsets, flat = [], [], [-1] * pad
+            for sid, s in sorted(lk.series.items()):
+                ids.append(sid)
+                offsets.append(len(flat))
+                for labels, _key in s.labelled():
+                    if not match_labels(matchers, labels):
+                        flat.append(-1)
+                        continue
+                    unnamed = {k: v for k, v in labels.items() if k != "__name__"}
+                    k = tuple(sorted(unnamed.items()))
+                    if k in seen:
+                        return None
+                    seen.add(k)
+                    self._too_many(len(seen))
+                    g = group_of(unnamed)
+                    gk = tuple(sorted(g.items()))
+                    if gk not in group_ids:
+                        group_ids[gk] = len(group_labels)
+                        group_labels.append(g)
+                    flat.append(group_ids[gk])
+            if any(x >= 0 for x in flat):
+                work.append((table, comp, lk, ids, offsets, flat))
+        sums = np.zeros((len(group_labels), n_steps))
+        counts = np.zeros((len(group_labels), n_steps))
+        for table, comp, lk, ids, offsets, flat in work:
+            for delta, sql, params in self._grid_queries(fn, table, comp, lk, lo, hi, step_ns, range_ns):
+                p = _Params(params)
+                gi = (f"arrayElement({p.add(flat, 'Array(Int32)')}, "
+                      f"transform(sid, {p.add(ids, 'Array(UInt64)')}, {p.add(offsets, 'Array(UInt32)')}, "
+                      f"toUInt32(0)) + j)")
+                per_set = "ARRAY JOIN g AS grid, arrayEnumerate(g) AS j" if comp == "bucket" else \
+                    "ARRAY JOIN [g] AS grid, [1] AS j"
+                sql = (f"SELECT gi, sumKahanForEach(arrayMap(x -> if(isNaN(x), 0., x), grid)), "
+                       f"sumForEach(arrayMap(x -> toUInt32(NOT isNaN(x)), grid)) "
+                       f"FROM (SELECT {gi} AS gi, grid FROM ({sql}) {per_set}) WHERE gi >= 0 GROUP BY gi")
+                for g_idx, ssum, cnt in self.store.query(sql, parameters=p.values, settings=GRID_SETTINGS).rows:
+                    sums[g_idx] += _grid_array(ssum, n_steps, fill=0.0)
+                    counts[g_idx] += _grid_array(cnt, n_steps, fill=0.0)
+        out = []
+        for i, g in enumerate(group_labels):
+            present = counts[i] > 0
+            if not present.any():
+                continue
+            vals = counts[i].copy() if op == "count" else np.where(present, sums[i], np.nan)
+            out.append(GridSeries(g, vals, present))
+        return out
+
+    def _grid_queries(self, fn, table, comp, lk, lo, hi, step_ns, range_ns):
+        """(delta, SQL, parameters) per temporality present among the looked-up series: one row per stored series,
+        ``sid`` and ``g``, the grid of ``fn`` (per ``le`` for buckets; NaN where no value; already divided by the
+        range for ``rate`` of delta series)."""
         if not lk.series:
             return
         temps = {s.entry.temporality == 1 for s in lk.series.values()}
@@ -771,17 +861,20 @@ class StoreSeriesSource:
         grid = f"{_dt_literal(lo)}, {_dt_literal(hi)}, {_dec_literal(step_ns or NS)}, {_dec_literal(range_ns)}"
         func_cum = "timeSeriesRateToGrid" if fn == "rate" else "timeSeriesIncreaseToGrid"
         # grids come back as Array(Float64), NULL (no value) as NaN: numpy takes them without a per-value loop
+        scale = f" / {range_s!r}" if fn == "rate" else ""
         if comp == "bucket":
             val = "arrayMap(x -> toFloat64(x), arrayCumSum(BucketCounts))"
             ts_arg = "arrayResize(CAST([] AS Array(DateTime64(9))), length(BucketCounts), TimeUnix)"
             aggs = {False: f"{func_cum}ForEach({grid})({ts_arg}, {val})",
                     True: f"timeSeriesSumToGridForEach({grid})({ts_arg}, {val})"}
-            aggs = {k: f"arrayMap(b -> arrayMap(x -> ifNull(x, nan), b), {v})" for k, v in aggs.items()}
+            aggs = {False: f"arrayMap(b -> arrayMap(x -> ifNull(x, nan), b), {aggs[False]})",
+                    True: f"arrayMap(b -> arrayMap(x -> ifNull(x, nan){scale}, b), {aggs[True]})"}
         else:
             val = {"value": "Value", "sum": "Sum", "count": "toFloat64(Count)"}[comp]
             aggs = {False: f"{func_cum}({grid})(TimeUnix, {val})",
                     True: f"timeSeriesSumToGrid({grid})(TimeUnix, {val})"}
-            aggs = {k: f"arrayMap(x -> ifNull(x, nan), {v})" for k, v in aggs.items()}
+            aggs = {False: f"arrayMap(x -> ifNull(x, nan), {aggs[False]})",
+                    True: f"arrayMap(x -> ifNull(x, nan){scale}, {aggs[True]})"}
         for delta in (False, True):
             if delta not in temps:
                 continue  # no selected series has this temporality: skip a whole scan
@@ -799,16 +892,7 @@ class StoreSeriesSource:
                 conds.append(f"AggregationTemporality {'=' if delta else '!='} 1")
             sql = (f"SELECT {lk.group_sql(p)} AS sid, {aggs[delta]} AS g FROM {self.db}.{TABLES[table]} "
                    f"PREWHERE {' AND '.join(conds)} GROUP BY sid")
-            for sid, g in self.store.query(sql, parameters=p.values, settings=GRID_SETTINGS).rows:
-                s = lk.series.get(sid)
-                if s is None or (s.entry.temporality == 1) != delta:
-                    continue
-                rows = g if comp == "bucket" else [g]  # one grid per label set (per le for buckets)
-                for j, (labels, key) in enumerate(s.labelled()):
-                    arr = _grid_array(rows[j] if j < len(rows) else [], n_steps)
-                    if delta and fn == "rate":
-                        arr = arr / range_s
-                    yield labels, key, arr
+            yield delta, sql, p.values
 
 
 def _entry_index(entries: list[CatalogueEntry]) -> dict[tuple, CatalogueEntry]:
@@ -830,12 +914,12 @@ def _grid(steps) -> tuple:
     return int(arr[0]), int(arr[-1]), int(d[0])
 
 
-def _grid_array(values, n: int) -> np.ndarray:
+def _grid_array(values, n: int, fill: float = np.nan) -> np.ndarray:
     """One grid row (floats, NaN = no value) as exactly ``n`` values."""
     arr = np.asarray(values if values is not None else [], dtype=np.float64)
     if len(arr) == n:
         return arr
-    out = np.full(n, np.nan)
+    out = np.full(n, fill)
     out[:min(n, len(arr))] = arr[:n]
     return out
 
