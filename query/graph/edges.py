@@ -59,6 +59,18 @@ ROLLUP_TABLE = "otel_service_edges_1m"
 # (10M spans, 6 h: 7.7 s swapped, 4.7 s as written).
 JOIN_SETTINGS = {"query_plan_join_swap_table": "false"}
 
+
+def _join_settings(store) -> dict:
+    """JOIN_SETTINGS, or {} on a ClickHouse server that predates them (looked up once per store)."""
+    s = getattr(store, "_graph_join_settings", None)
+    if s is None:
+        names = list(JOIN_SETTINGS)
+        known = store.query("SELECT count() FROM system.settings WHERE name IN {n:Array(String)}", {"n": names})
+        s = dict(JOIN_SETTINGS) if known.rows[0][0] == len(names) else {}
+        store._graph_join_settings = s
+    return s
+
+
 _SERVER_KINDS = "('SPAN_KIND_SERVER', 'SPAN_KIND_CONSUMER')"
 _CLIENT_KINDS = "('SPAN_KIND_CLIENT', 'SPAN_KIND_PRODUCER')"
 _REMOTE_KINDS = "('SPAN_KIND_SERVER', 'SPAN_KIND_CONSUMER', 'SPAN_KIND_CLIENT', 'SPAN_KIND_PRODUCER')"
@@ -343,7 +355,7 @@ def _raw_rows(store, tenant: str, ranges: Sequence[tuple[int, int]], namespaces)
     params: dict[str, Any] = {"tenant": tenant, **_range_params(ranges)}
     if namespaces:
         params["namespaces"] = list(namespaces)
-    return store.query(sql, params, settings=JOIN_SETTINGS).dicts()
+    return store.query(sql, params, settings=_join_settings(store)).dicts()
 
 
 def _covered_minutes(store, tenant: str, lo_min: int, hi_min: int) -> dict[int, int]:
@@ -486,7 +498,7 @@ class EdgeRollup:
         db = self.store.database
         gen = self._generation()
         params = {"gen": gen, "lo0": lo, "hi0": hi}
-        self.store.command(rollup_insert_sql(db), params, settings=JOIN_SETTINGS)
+        self.store.command(rollup_insert_sql(db), params, settings=_join_settings(self.store))
         self.store.command(marker_insert_sql(db), params)
         self.store.command(
             f"DELETE FROM {db}.{ROLLUP_TABLE} WHERE Minute >= toDateTime({{a:Int64}}) "
