@@ -807,12 +807,12 @@ class StoreSeriesSource:
             for sid, s in sorted(lk.series.items()):
                 ids.append(sid)
                 offsets.append(len(flat))
-                for labels, _key in s.labelled():
+                for labels, items in s.labelled():
                     if not match_labels(matchers, labels):
                         flat.append(-1)
                         continue
                     unnamed = {k: v for k, v in labels.items() if k != "__name__"}
-                    k = tuple(sorted(unnamed.items()))
+                    k = tuple(kv for kv in items if kv[0] != "__name__")  # items are sorted already
                     if k in seen:
                         return None
                     seen.add(k)
