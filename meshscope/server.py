@@ -42,7 +42,7 @@ class ServeOptions:
     http_port: int = 3100
     max_request_bytes: int = 32 * 1024 * 1024
     flush_rows: int = 200_000
-    flush_bytes: int = 40 * 1024 * 1024
+    flush_bytes: int = FlushPolicy.bytes
     flush_interval: float = 1.0
     max_buffered_rows: int = 2_000_000
     wal_max_bytes: int = 1024**3

@@ -104,6 +104,16 @@ class Store:
                     pass
             self._clients.clear()
 
+    def knows_settings(self, names: tuple[str, ...]) -> bool:
+        """Whether this ClickHouse has every one of these settings (an older server rejects a query that sends
+        a setting it does not know). Asked once per store and tuple."""
+        known = self.__dict__.setdefault("_known_settings", {})
+        if names not in known:
+            r = self.query("SELECT count() FROM system.settings WHERE name IN {n:Array(String)}",
+                           {"n": list(names)})
+            known[names] = r.rows[0][0] == len(set(names))
+        return known[names]
+
     # -- queries -------------------------------------------------------------------------
     def command(self, sql: str, parameters: dict | None = None, settings: dict | None = None) -> Any:
         try:

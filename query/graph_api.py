@@ -194,6 +194,11 @@ def _default_fetch() -> Fetch | None:
     return store_fetch if importlib.util.find_spec(".graph.edges", __package__) is not None else None
 
 
+def _not_in_graph(kind: str, element_id: str, opts) -> web.Response:
+    return _text(404, f"no {kind} {element_id[:12]}... in this {opts.graph_type} graph of the last "
+                      f"{_span(opts.duration_s)}: it had no traffic in that window")
+
+
 class GraphService:
     """Builds graphs for HTTP requests. ``fetch(store, tenant, start_ns, end_ns, *, source, namespaces)`` returns
     the window's EdgeStats; it is injectable so tests and other sources can feed the same presentation.
@@ -230,10 +235,6 @@ class GraphService:
                          namespaces=list(opts.namespaces) or None)
         except ValueError as err:  # the data side refusing a parameter (e.g. a source it does not have)
             raise BadRequest(str(err) or "bad request") from None
-
-    def graph_json(self, tenant: str, opts: GraphOptions, source: str = "auto") -> dict:
-        """Blocking: read the window's edges and build Kiali's JSON."""
-        return build_graph(self.fetch_edges(tenant, opts, source), opts).to_kiali_json()
 
     async def _run(self, fn, *args):
         if self._pool is None:
@@ -317,8 +318,7 @@ class GraphService:
             graph, tenant, opts = await self._graph(request)
             node = details.find_node(graph, node_id)
             if node is None:
-                return _text(404, f"no node {node_id[:12]}... in this {opts.graph_type} graph of the last "
-                                  f"{_span(opts.duration_s)}: it had no traffic in that window")
+                return _not_in_graph("node", node_id, opts)
             doc = await self._run(details.node_summary, graph, node)
             start_ns, end_ns = self.window(opts)
             try:
@@ -347,8 +347,7 @@ class GraphService:
             graph, tenant, opts = await self._graph(request)
             edge = details.find_edge(graph, edge_id)
             if edge is None:
-                return _text(404, f"no edge {edge_id[:12]}... in this {opts.graph_type} graph of the last "
-                                  f"{_span(opts.duration_s)}: it had no traffic in that window")
+                return _not_in_graph("edge", edge_id, opts)
             doc = await self._run(details.edge_summary, graph, edge)
             start_ns, end_ns = self.window(opts)
             ends = {}

@@ -12,6 +12,7 @@ import uuid
 
 import orjson
 import pytest
+from test_graph_api import call
 from test_otlp_sql import insert as otlp_insert
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -28,16 +29,6 @@ import graph_mesh  # noqa: E402
 S = 1_000_000_000
 LOG_ERRORS = 7          # error lines of cart-v1 in the window
 PAYMENT = "payment provider refused card"
-
-
-def call(route_defs, path, params=None, headers=None):
-    async def run():
-        app = web.Application()
-        app.add_routes(route_defs)
-        async with TestClient(TestServer(app)) as client:
-            r = await client.get(path, params=params or {}, headers=headers or {})
-            return r.status, r.headers.get("Content-Type", ""), await r.read()
-    return asyncio.run(run())
 
 
 def insert(store, tmp_path, signal, requests, tenant):

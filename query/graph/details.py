@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshscope.collector.loki_push import SEVERITY
 from ..logql.values import go_quote
 from .model import UNKNOWN, Edge, Graph, Node, edge_hash, is_ok, is_ok_version, response_time
 from .svg import node_label
@@ -131,14 +132,15 @@ def node_summary(graph: Graph, node: Node) -> dict:
     data = graph._node_data(node)
     health = (data.get("healthData") or {}).get("status") or {"status": "NA", "errorRatio": 0.0,
                                                                  "totalRequestRate": 0.0}
-    codes = [dict(r, direction="inbound") for r in responses(inbound) if r["error"]]
-    codes += [dict(r, direction="outbound") for r in responses(outbound) if r["error"]]
+    rows_in, rows_out = responses(inbound), responses(outbound)
+    codes = [dict(r, direction="inbound") for r in rows_in if r["error"]]
+    codes += [dict(r, direction="outbound") for r in rows_out if r["error"]]
     codes.sort(key=lambda r: -r["rate"])
     return {
         "kind": "node", "id": node.hash, "label": _ref(graph, node)["label"], "node": data,
         "health": {**health, "thresholds": thresholds(graph)},
         "red": {"inbound": red(inbound), "outbound": red(outbound)},
-        "responses": {"inbound": responses(inbound), "outbound": responses(outbound)},
+        "responses": {"inbound": rows_in, "outbound": rows_out},
         "neighbours": {"inbound": _neighbours(graph, inbound, "source"),
                        "outbound": _neighbours(graph, outbound, "dest")},
         "errors": {"codes": codes[:TOP]},
@@ -243,9 +245,10 @@ def span_errors(store, tenant: str, ident: Identity, start_ns: int, end_ns: int)
 def log_errors(store, tenant: str, ident: Identity, start_ns: int, end_ns: int) -> list[dict]:
     """The most frequent error log lines of the node (severity ERROR or worse), with a trace id when one carries."""
     params = _window_params(tenant, start_ns, end_ns)
+    # a level name counts when the push receiver would map it to ERROR or worse
+    params["error_levels"] = sorted(name for name, number in SEVERITY.items() if number >= ERROR_SEVERITY)
     where = (f"{_LOG_WINDOW} AND (SeverityNumber >= {ERROR_SEVERITY} OR (SeverityNumber = 0 AND "
-             f"lower(SeverityText) IN ('error', 'fatal', 'critical', 'crit', 'alert', 'emerg', 'panic'))) "
-             f"AND {_identity_sql(ident, params)}")
+             f"lower(SeverityText) IN {{error_levels:Array(String)}})) AND {_identity_sql(ident, params)}")
     r = store.query(
         f"SELECT substringUTF8(Body, 1, {MAX_BODY}) AS line, count() AS n, anyIf(TraceId, TraceId != ''), "
         f"toUnixTimestamp64Nano(max(Timestamp)) FROM {store.database}.otel_logs WHERE {where} "

@@ -61,14 +61,7 @@ JOIN_SETTINGS = {"query_plan_join_swap_table": "false"}
 
 
 def _join_settings(store) -> dict:
-    """JOIN_SETTINGS, or {} on a ClickHouse server that predates them (looked up once per store)."""
-    s = getattr(store, "_graph_join_settings", None)
-    if s is None:
-        names = list(JOIN_SETTINGS)
-        known = store.query("SELECT count() FROM system.settings WHERE name IN {n:Array(String)}", {"n": names})
-        s = dict(JOIN_SETTINGS) if known.rows[0][0] == len(names) else {}
-        store._graph_join_settings = s
-    return s
+    return JOIN_SETTINGS if store.knows_settings(tuple(JOIN_SETTINGS)) else {}
 
 
 _SERVER_KINDS = "('SPAN_KIND_SERVER', 'SPAN_KIND_CONSUMER')"
@@ -95,13 +88,6 @@ MEASURE_MERGE = {  # column -> how stored rows are summed
 }
 
 # ------------------------------------------------------------------------------------------------------ SQL parts
-
-
-def _first(*xs: str) -> str:
-    arms = []
-    for x in xs:
-        arms += [f"({x}) != ''", x]
-    return f"multiIf({', '.join(arms)}, '')"
 
 
 def _u(x: str) -> str:
