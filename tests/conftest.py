@@ -269,8 +269,12 @@ def browser():
 @pytest.fixture
 def ui(browser, demo_server, request):
     """A 1280×800 page on the demo server. Screenshots land in test-artifacts/ui/; console errors fail the test."""
+    from playwright.sync_api import expect
+
     ctx = browser.new_context(viewport={"width": 1280, "height": 800})
     ctx.set_default_timeout(20_000)
+    # two cores shared with the demo's ingest: assertions get the actions' 20 s, not Playwright's 5 s
+    expect.set_options(timeout=20_000)
     page = ctx.new_page()
     session = UiSession(page, demo_server.http_url, request.node.name)
     yield session
@@ -278,5 +282,6 @@ def ui(browser, demo_server, request):
         session.shot("final")
     finally:
         ctx.close()
+        expect.set_options(timeout=5_000)  # Playwright's default
     errors = session.unexpected_errors()
     assert not errors, "browser errors:\n" + "\n".join(errors)

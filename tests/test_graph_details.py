@@ -12,8 +12,7 @@ import uuid
 
 import orjson
 import pytest
-from test_graph_api import call
-from test_otlp_sql import insert as otlp_insert
+from test_graph_api import call, insert
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -29,11 +28,6 @@ import graph_mesh  # noqa: E402
 S = 1_000_000_000
 LOG_ERRORS = 7          # error lines of cart-v1 in the window
 PAYMENT = "payment provider refused card"
-
-
-def insert(store, tmp_path, signal, requests, tenant):
-    """The collector's write path: OTLP bytes in a WAL segment, one ``INSERT ... FORMAT Protobuf`` per table."""
-    otlp_insert(store, tmp_path, signal, *requests, tenant=tenant)
 
 
 def logs_request(start_ns: int) -> ExportLogsServiceRequest:

@@ -287,10 +287,36 @@ def test_plan_splits_window():
     assert plan(set(), 0, m * 10**9) == ([], [(0, m * 10**9)])
 
 
-def test_promoted_edge_columns_equal_the_attributes_they_come_from(store, meshes):
+def _attribute_spans() -> "ExportTraceServiceRequest":
+    """One client span per attribute spelling the promoted columns read, for those the synthetic mesh never sets."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    req = ExportTraceServiceRequest()
+    ss = req.resource_spans.add()
+    ss.resource.attributes.add(key="service.name").value.string_value = "attrs"
+    scope = ss.scope_spans.add()
+    now = time.time_ns()
+    for i, attrs in enumerate([
+        {"service.peer.name": "billing"}, {"peer.service": "legacy-billing"},
+        {"messaging.system": "kafka", "messaging.destination.name": "orders"},
+        {"downstream_cluster": "istio-ingressgateway.istio-system"},
+        {"istio.source_canonical_service": "reviews", "istio.source_namespace": "bookinfo"},
+        {"http.url": "https://www.example.com/a"}, {"upstream_cluster.name": "outbound|80||ratings.default"},
+        {"http.request.body.size": "12", "http.response.body.size": "34"},
+    ]):
+        sp = scope.spans.add(trace_id=uuid.uuid4().bytes, span_id=uuid.uuid4().bytes[:8], name=f"call {i}", kind=3,
+                             start_time_unix_nano=now, end_time_unix_nano=now + 1_000_000)
+        for k, v in attrs.items():
+            sp.attributes.add(key=k).value.string_value = v
+    return req
+
+
+def test_promoted_edge_columns_equal_the_attributes_they_come_from(store, meshes, tmp_path):
     """007_edge_columns.sql computes the graph's span attributes at insert; they must equal the map reads they
-    replace (written here independently), and be non-empty where the synthetic mesh sets them."""
-    tenants = [t for t, _ in meshes.values()]
+    replace (written here independently), and every one is non-empty somewhere."""
+    extra = f"graph-attrs-{RUN}"
+    insert(store, tmp_path, "traces", _attribute_spans(), tenant=extra)
+    tenants = [t for t, _ in meshes.values()] + [extra]
     a = "SpanAttributes"
     first = lambda *keys: "multiIf(" + ", ".join(f"{a}['{k}'] != '', {a}['{k}']" for k in keys) + ", '')"  # noqa: E731
     row = store.query(f"""
@@ -303,11 +329,22 @@ def test_promoted_edge_columns_equal_the_attributes_they_come_from(store, meshes
             countIf(MeshUpstreamCluster != {first('upstream_cluster', 'upstream_cluster.name')}),
             countIf(MeshUrlHost != domainWithoutWWW({first('url.full', 'http.url')})),
             countIf(MeshMessagingDestination != {a}['messaging.destination.name']),
-            countIf(MeshRequestBytes > 0 OR MeshResponseBytes > 0), countIf(MeshUpstreamCluster != '')
+            countIf(MeshCaller != if({a}['downstream_cluster'] != '', {a}['downstream_cluster'],
+                    concat({a}['istio.source_canonical_service'], '.', {a}['istio.source_namespace']))),
+            countIf(MeshRequestBytes > 0), countIf(MeshResponseBytes > 0), countIf(MeshPeerName != ''),
+            countIf(MeshUpstreamCluster != ''), countIf(MeshUrlHost != ''), countIf(MeshMessagingDestination != ''),
+            countIf(MeshCaller NOT IN ('', '.'))
         FROM {store.database}.otel_traces WHERE TenantId IN {{t:Array(String)}}""", parameters={"t": tenants}).rows[0]
-    total, *mismatches, with_bytes, with_upstream = row
-    assert total > 0 and with_bytes > 0 and with_upstream > 0, row
-    assert mismatches == [0] * 6, row
+    total, mismatches, non_empty = row[0], list(row[1:8]), list(row[8:])
+    assert total > 0 and all(n > 0 for n in non_empty), row
+    assert mismatches == [0] * 7, row
+    got = dict(store.query(f"SELECT SpanName, tuple(MeshPeerName, MeshMessagingDestination, MeshCaller, MeshUrlHost, "
+                           f"MeshUpstreamCluster, MeshRequestBytes, MeshResponseBytes) FROM {store.database}.otel_traces "
+                           "WHERE TenantId = {t:String}", {"t": extra}).rows)
+    assert got["call 1"][0] == "legacy-billing" and got["call 2"][1] == "orders"
+    assert got["call 3"][2] == "istio-ingressgateway.istio-system" and got["call 4"][2] == "reviews.bookinfo"
+    assert got["call 5"][3] == "example.com" and got["call 6"][4] == "outbound|80||ratings.default"
+    assert got["call 7"][5:] == (12.0, 34.0)
 
 
 def test_tenants_sharing_span_ids_are_never_joined(store, tmp_path):

@@ -489,13 +489,27 @@ def test_tail_sends_a_line_the_store_took_late(srv):
 
 def test_tail_history_cut_by_limit_stays_cut(srv):
     """The look-back for late lines does not send the lines that the history left out because of `limit`."""
+    app = f"cut-{RUN}"
+    base = (time.time_ns() // NS - 60) * NS  # well inside the tail's look-back, so the look-back does read them
+    push(srv, [{"stream": {"app": app}, "values": [[str(base + i * NS), f"line {i}"] for i in range(5)]}])
+    def stored() -> int:
+        res = qr(srv, f'{{app="{app}"}}', start=str(base - NS), end=str(time.time_ns()))["data"]["result"]
+        return sum(len(s["values"]) for s in res)
+
+    deadline = time.time() + 30
+    while stored() < 5 and time.time() < deadline:
+        time.sleep(0.2)  # until the store has them: the tail's history must see all five
+
     async def run() -> list[list]:
         url = srv.http_url.replace("http", "ws") + "/loki/api/v1/tail"
         got = []
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(url, params={"query": PUSH_SEL, "limit": "2",
-                                                       "start": str(BASE - NS)}) as ws:
-                deadline = time.time() + 3.5  # the history, then three polls
+            async with session.ws_connect(url, params={"query": f'{{app="{app}"}}', "limit": "2",
+                                                       "start": str(base - NS)}) as ws:
+                first = await ws.receive(timeout=15)  # the history, however slow the machine
+                assert first.type == aiohttp.WSMsgType.TEXT, first
+                got += [v for s in json.loads(first.data)["streams"] for v in s["values"]]
+                deadline = time.time() + 3.5  # then three polls, each with the look-back
                 while time.time() < deadline:
                     try:
                         msg = await ws.receive(timeout=deadline - time.time())
@@ -506,7 +520,7 @@ def test_tail_history_cut_by_limit_stays_cut(srv):
         return got
 
     got = asyncio.run(run())
-    assert sorted(v[0] for v in got) == [str(BASE + 3 * NS), str(BASE + 4 * NS)]
+    assert sorted(v[0] for v in got) == [str(base + 3 * NS), str(base + 4 * NS)]
 
 
 def test_tail_categorized_by_query_parameter(srv):

@@ -12,7 +12,7 @@ import time
 import uuid
 
 import pytest
-from test_otlp_sql import insert as otlp_insert
+from test_promql_store import _attrs, insert
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
@@ -30,16 +30,6 @@ INDEX_COLUMNS = ("TenantId, MetricName, Kind, MetricUnit, SeriesId, toUnixTimest
                  "any(ResourceAttributes), any(Attributes), any(IsMonotonic), any(AggregationTemporality), "
                  "any(ExplicitBounds), any(Quantiles), any(MetricDescription), toUnixTimestamp64Nano(min(MinTime)), "
                  "toUnixTimestamp64Nano(max(MaxTime)), max(HasStale), any(ServiceNamespace), any(ServiceInstanceId)")
-
-
-def insert(store, tmp_path, req: ExportMetricsServiceRequest, tenant: str) -> None:
-    otlp_insert(store, tmp_path, "metrics", req, tenant=tenant)
-
-
-def _attrs(target, attrs: dict) -> None:
-    for k, v in attrs.items():
-        a = target.attributes.add()
-        a.key, a.value.string_value = k, v
 
 
 def every_kind(service: str = "api") -> ExportMetricsServiceRequest:

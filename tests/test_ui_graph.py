@@ -14,14 +14,6 @@ from playwright.sync_api import expect  # noqa: E402
 NODE = 'g.ms-node[data-label="productpage v1"]'
 
 
-@pytest.fixture(autouse=True)
-def patient_expect():
-    """Two cores shared with the demo's ingest and other suites: give assertions the actions' 20 s, not 5 s."""
-    expect.set_options(timeout=20_000)
-    yield
-    expect.set_options(timeout=5_000)  # Playwright's default, for the other suites
-
-
 def open_graph(ui, query: str = ""):
     page = ui.goto(f"/graph{query}")
     page.wait_for_selector(NODE)

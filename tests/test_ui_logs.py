@@ -7,12 +7,14 @@ every assertion is on what the page shows, and cross-checked against the JSON AP
 """
 from __future__ import annotations
 
-import json
+import functools
 import re
 import urllib.parse
-import urllib.request
 
+from conftest import _get_json
 from playwright.sync_api import expect
+
+get_json = functools.partial(_get_json, timeout=10)  # the demo server's API, as the page reads it
 
 REVIEWS = '{service_name="reviews"}'
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -20,11 +22,6 @@ HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 def logs_url(**params) -> str:
     return "/logs?" + urllib.parse.urlencode(params)
-
-
-def get_json(base: str, path: str):
-    with urllib.request.urlopen(base + path, timeout=10) as r:
-        return json.loads(r.read())
 
 
 def test_lines_volume_details_trace_link_and_reload(ui, demo_server):
@@ -52,7 +49,7 @@ def test_lines_volume_details_trace_link_and_reload(ui, demo_server):
     m = re.fullmatch(r"/traces/([0-9a-f]{32})", href or "")
     assert m, href
     trace_id = m.group(1)
-    trace = get_json(demo_server.http_url, f"/api/traces/{trace_id}")
+    trace = get_json(demo_server.http_url + f"/api/traces/{trace_id}")
     assert trace["data"] and trace["data"][0]["traceID"] == trace_id
 
     # Expanding a line shows stream labels, structured metadata (with that trace id) and the parsed-fields hint.
@@ -160,7 +157,7 @@ def test_metric_query_renders_a_chart(ui, demo_server):
     chart = page.locator(".logs-metric figure.chart")
     expect(chart.locator("path").first).to_be_attached()
     # one series per level the API reports for the same query, named in the legend and the table
-    resp = get_json(demo_server.http_url, "/loki/api/v1/query_range?" + urllib.parse.urlencode({"query": q}))
+    resp = get_json(demo_server.http_url + "/loki/api/v1/query_range?" + urllib.parse.urlencode({"query": q}))
     api_series = {f"level={r['metric']['level']}" for r in resp["data"]["result"]}
     shown = set(chart.locator(".legend li").all_inner_texts())
     assert "level=info" in shown and shown <= api_series, (shown, api_series)  # the API may have one more by now
