@@ -138,3 +138,18 @@ def test_dashboards_narrow_screen_and_unknown_id(ui):
     ui.allow(r"Failed to load resource: the server responded with a status of 404")
     page = ui.goto("/dashboards/no-such-board")
     expect(page.locator(".error")).to_contain_text('No dashboard named "no-such-board"', timeout=30_000)
+
+
+def test_the_page_substitutes_variables_by_the_tested_rule(ui):
+    """test_dashboards.py proves the substitution rule keeps any value inside its string literal; this checks that
+    the page's own substitute() (dashboards.js) is that rule, on the same awkward values and on built-ins."""
+    from test_dashboards import BUILTINS, substitute
+
+    page = ui.goto("/dashboards")
+    values = ["plain", 'with "quotes"', "back\\slash\\", '"}) or vector(1) # ', "ünï ©ode", "$v"]
+    texts = ['up{service="$v"}', '{service_name="${v}"}', 'rate(x{a="$v"}[$__rate_interval]) $unknown ${__range}']
+    got = page.evaluate("""async ([texts, values, builtins]) => {
+        const m = await import('/static/pages/dashboards.js');
+        return values.map(v => texts.map(t => m.substitute(t, {v}, builtins)));
+    }""", [texts, values, BUILTINS])
+    assert got == [[substitute(t, {"v": v}) for t in texts] for v in values]
