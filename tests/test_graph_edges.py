@@ -7,6 +7,8 @@ Mesh* columns are computed exactly as in production. Each mesh variant has its o
 from __future__ import annotations
 
 import asyncio
+import copy
+import re
 import time
 import uuid
 
@@ -15,9 +17,10 @@ import pytest
 from test_otlp_sql import insert
 
 from meshscope.query.graph import histogram
-from meshscope.query.graph.edges import MINUTE_NS, EdgeRollup, fetch_edges, plan
+from meshscope.query.graph.edges import HASHED_FIELDS, MINUTE_NS, EdgeRollup, fetch_edges, plan
 from meshscope.query.graph.istio_metrics import fetch_metric_edges, merge_edges
 from meshscope.query.graph.types import NodeIdentity
+from meshscope.schema import apply_schema, render, schema_files, split_statements
 
 REQUESTS = 600
 RUN = uuid.uuid4().hex[:8]
@@ -377,3 +380,53 @@ def test_tenants_sharing_span_ids_are_never_joined(store, tmp_path):
         # Without its parents every SERVER span is a root: its source is unknown or the caller Envoy named.
         assert all(e.source.kind == "unknown" or e.source.workload != gm.FRONTEND.node()[2] for e in alone), source
         assert not any(node_key(e.source) == gm.FRONTEND.node() for e in alone), source
+
+
+def _columns(sql: str) -> set[str]:
+    """Column names in an SQL expression (ours start with a capital letter; functions do not)."""
+    return set(re.findall(r"\b[A-Z][A-Za-z]*\b", sql))
+
+
+def test_edge_hashes_cover_the_fields_grouped_under_them(store, meshes):
+    """Requests are grouped on EdgeNodeHash, EdgeResponseHash and EdgePeerHash and each group's fields are read
+    from one span of it (edges.HASHED_FIELDS): every column a field reads must be inside its hash in
+    009_span_hashes.sql, and in stored spans each value of a hash stands for one combination of its fields."""
+    text = dict(schema_files())["009_span_hashes.sql"]
+    for col, fields in HASHED_FIELDS.items():
+        m = re.search(rf"{col} UInt64 MATERIALIZED cityHash64\((.*?)\) CODEC", text, re.S)
+        assert m, f"{col} is not defined in 009_span_hashes.sql"
+        inside = _columns(m.group(1))
+        for field, expr in fields.items():
+            used = _columns(expr)
+            assert used and used <= inside, f"{col} does not cover {sorted(used - inside)} of field {field}"
+    tenants = [t for t, _ in meshes.values()]
+    for col, fields in HASHED_FIELDS.items():
+        values, ambiguous = store.query(
+            f"SELECT count(), countIf(u > 1) FROM (SELECT {col}, uniqExact(tuple({', '.join(fields.values())})) "
+            f"AS u FROM {store.database}.otel_traces WHERE TenantId IN {{t:Array(String)}} GROUP BY {col})",
+            {"t": tenants}).rows[0]
+        assert values > 1 and ambiguous == 0, (col, values, ambiguous)
+
+
+def test_spans_stored_before_the_hash_columns_give_the_same_edges(store, meshes, tmp_path):
+    """Parts written before 009_span_hashes.sql have no hash columns on disk: ClickHouse computes them on read,
+    and the graph over such spans is the graph over spans inserted with them."""
+    tenant, b = meshes["sidecars"]
+    old = copy.copy(store)
+    old.database = f"pre009_{RUN}"
+    try:
+        for name, text in schema_files():
+            if name < "009":
+                for stmt in split_statements(render(text, old.database, 7)):
+                    old.command(stmt)
+        insert(old, tmp_path, "traces", *b.traces, tenant=tenant)
+        cols = {r[0] for r in old.query("SELECT name FROM system.columns WHERE database = {d:String} "
+                                        "AND table = 'otel_traces'", {"d": old.database}).rows}
+        assert "SpanHash" not in cols and "EdgeNodeHash" not in cols
+        apply_schema(old)
+        lo, hi = b.start_ns // MINUTE_NS * MINUTE_NS, -(-b.end_ns // MINUTE_NS) * MINUTE_NS + MINUTE_NS
+        upgraded = fetch_edges(old, tenant, lo, hi, source="raw")
+        assert by_key(upgraded).keys() == b.truth.keys()
+        assert _summary(upgraded) == _summary(fetch_edges(store, tenant, lo, hi, source="raw"))
+    finally:
+        old.command(f"DROP DATABASE IF EXISTS {old.database}")

@@ -54,9 +54,9 @@ MINUTE_NS = 60 * NS
 PARENT_LOOKBACK_NS = 60 * NS   # a parent starts before its child; callers start milliseconds before callees
 CHILD_LOOKAHEAD_NS = 60 * NS   # a client's child (the callee, or its own sidecar) starts right after it
 ROLLUP_TABLE = "otel_service_edges_1m"
-# Build the join's hash tables from the right side (the parents; the spans that have children) as written:
-# ClickHouse 25+'s automatic swap would hash the children instead, carrying all their strings through the join
-# (10M spans, 6 h: 7.7 s swapped, 4.7 s as written).
+# Build the joins' hash tables from the right side as written (the parents: every span in the range, two numbers
+# each; the spans that have a parent, one number each): ClickHouse 25+'s automatic swap would hash the children
+# and clients instead (10M spans, 6 h: 4.0 s swapped, 2.8 s as written).
 JOIN_SETTINGS = {"query_plan_join_swap_table": "false"}
 
 
@@ -71,16 +71,8 @@ _REMOTE_KINDS = "('SPAN_KIND_SERVER', 'SPAN_KIND_CONSUMER', 'SPAN_KIND_CLIENT', 
 IDENTITY_FIELDS = ("Kind", "Cluster", "Namespace", "Workload", "App", "Version", "Service", "Gateway", "Virtual")
 KEY_COLUMNS = ([f"Src{f}" for f in IDENTITY_FIELDS] + [f"Dst{f}" for f in IDENTITY_FIELDS]
                + ["Protocol", "ResponseCode", "ResponseFlags", "DstHost", "SourcePrincipal", "DestPrincipal"])
-MEASURE_AGGREGATES = {  # column -> how edge rows are summed (the rollup stores the same, per minute)
-    "Spans": "count()",
-    "Requests": "sum(mult)",
-    "LatencyBuckets": "sumMap(map(lat_bucket, mult))",
-    "LatencySumMs": "sum(dur / 1e6 * mult)",
-    "BytesSent": "sum(bytes_sent * mult)",
-    "BytesReceived": "sum(bytes_received * mult)",
-    "MtlsRequests": "sum(if(policy = 'mutual_tls', mult, 0))",
-    "MtlsKnown": "sum(if(policy NOT IN ('', 'unknown'), mult, 0))",
-}
+MEASURES = ("Spans", "Requests", "LatencyBuckets", "LatencySumMs", "BytesSent", "BytesReceived", "MtlsRequests",
+            "MtlsKnown")  # per edge key: spans, requests (spans / sampling probability), latency histogram, ...
 MEASURE_MERGE = {  # column -> how stored rows are summed
     "Spans": "sum(Spans)", "Requests": "sum(Requests)", "LatencyBuckets": "sumMap(LatencyBuckets)",
     "LatencySumMs": "sum(LatencySumMs)", "BytesSent": "sum(BytesSent)", "BytesReceived": "sum(BytesReceived)",
@@ -105,14 +97,25 @@ MULTIPLIER_SQL = (
 )
 
 
-_COMMON = """TenantId AS tenant, cityHash64(TenantId, TraceId, SpanId) AS self_h,
-        SpanKind AS kind, MeshProxy AS proxy, MeshCluster AS cl, MeshNamespace AS ns, MeshWorkload AS wl0,
-        ServiceName AS sn, MeshApp AS app0, MeshVersion AS ver, MeshPeerService AS host, MeshProtocol AS proto"""
-
-_MEASURED = f"""Timestamp AS ts, Duration AS dur, StatusCode AS status, MeshResponseCode AS http_code,
-        MeshGrpcStatus AS grpc_code, MeshResponseFlags AS flags0, MeshSecurityPolicy AS policy,
-        MeshSourcePrincipal AS sprin, MeshDestinationPrincipal AS dprin, {MULTIPLIER_SQL} AS mult,
+_MEASURED = f"""Timestamp AS ts, Duration AS dur, MeshSecurityPolicy AS policy, {MULTIPLIER_SQL} AS mult,
         MeshRequestBytes AS bytes_sent, MeshResponseBytes AS bytes_received"""
+
+# The span fields edge keys are derived from, by the hash that stands for them in the joins and groupings
+# (deploy/clickhouse/009_span_hashes.sql): field -> the column (or expression) it is read from. A join carries
+# only the hashes; rows are grouped on them; what a hash stands for is looked up once per distinct value after
+# grouping (``_lookup_sql``), and the keys' expressions, regular expressions included, run once per group. Each
+# hash must cover every column its fields read (tests/test_graph_edges.py checks against the schema file).
+HASHED_FIELDS = {
+    "EdgeNodeHash": {"kind": "SpanKind", "proxy": "MeshProxy", "cl": "MeshCluster", "ns": "MeshNamespace",
+                     "wl0": "MeshWorkload", "sn": "ServiceName", "app0": "MeshApp", "ver": "MeshVersion",
+                     "host": "MeshPeerService", "proto": "MeshProtocol"},
+    "EdgeResponseHash": {"http_code": "MeshResponseCode", "grpc_code": "MeshGrpcStatus", "status": "StatusCode",
+                         "flags0": "MeshResponseFlags", "sprin": "MeshSourcePrincipal",
+                         "dprin": "MeshDestinationPrincipal", "caller": "if(empty(ParentSpanId), MeshCaller, '')"},
+    "EdgePeerHash": {"peer_attr": "MeshPeerName", "db_sys": "MeshDbSystem", "db_ns": "MeshDbNamespace",
+                     "msg_sys": "MeshMessagingSystem", "msg_dest": "MeshMessagingDestination",
+                     "upstream": "MeshUpstreamCluster", "url_host": "MeshUrlHost"},
+}
 
 
 def _ranges_sql(ranges: Sequence[tuple[int, int]], before: int = 0, after: int = 0) -> str:
@@ -125,13 +128,13 @@ def _ranges_sql(ranges: Sequence[tuple[int, int]], before: int = 0, after: int =
 
 
 def _span_identity(a: str) -> dict[str, str]:
-    """Output identity columns of a span alias ``a`` (a workload node)."""
-    wl = f"if({a}.wl0 != '', {a}.wl0, {a}.sn)"
-    app = f"if({a}.app0 != '', {a}.app0, {a}.sn)"
+    """Output identity columns of the grouped span fields ``<a>_*`` (a workload node)."""
+    wl = f"if({a}_wl0 != '', {a}_wl0, {a}_sn)"
+    app = f"if({a}_app0 != '', {a}_app0, {a}_sn)"
     return {
-        "Kind": "'workload'", "Cluster": _u(f"{a}.cl"), "Namespace": _u(f"{a}.ns"), "Workload": _u(wl),
-        "App": _u(app), "Version": _u(f"{a}.ver"), "Service": f"'{UNKNOWN}'",
-        "Gateway": f"toUInt8({a}.proxy = 'envoy' AND (positionCaseInsensitive({wl}, 'gateway') > 0 "
+        "Kind": "'workload'", "Cluster": _u(f"{a}_cl"), "Namespace": _u(f"{a}_ns"), "Workload": _u(wl),
+        "App": _u(app), "Version": _u(f"{a}_ver"), "Service": f"'{UNKNOWN}'",
+        "Gateway": f"toUInt8({a}_proxy = 'envoy' AND (positionCaseInsensitive({wl}, 'gateway') > 0 "
                    f"OR positionCaseInsensitive({app}, 'gateway') > 0))",
         "Virtual": "''",
     }
@@ -143,103 +146,151 @@ _UNKNOWN_IDENTITY = {"Kind": "'unknown'", "Cluster": f"'{UNKNOWN}'", "Namespace"
 
 
 def _same_identity(p: str, c: str) -> str:
-    return (f"(({p}.ns = {c}.ns OR {p}.ns = '' OR {c}.ns = '') AND "
-            f"if({p}.wl0 != '' AND {c}.wl0 != '', {p}.wl0 = {c}.wl0, {p}.app0 = {c}.app0 OR {p}.sn = {c}.sn))")
+    return (f"(({p}_ns = {c}_ns OR {p}_ns = '' OR {c}_ns = '') AND "
+            f"if({p}_wl0 != '' AND {c}_wl0 != '', {p}_wl0 = {c}_wl0, {p}_app0 = {c}_app0 OR {p}_sn = {c}_sn))")
 
 
 def _code(m: str, proto: str) -> str:
-    """Kiali's response code of the measured span ``m``: ``-`` = no response."""
-    http = f"{m}.http_code"
+    """Kiali's response code of the measured span's grouped fields ``<m>_*``: ``-`` = no response."""
+    http = f"{m}_http_code"
     http_err = f"match({http}, '^[45][0-9][0-9]$')"
     return (f"multiIf({proto} = 'tcp', '-', "
             f"{proto} = 'grpc' AND NOT {http_err}, "
-            f"  multiIf({m}.grpc_code != '', {m}.grpc_code, {m}.status = 'STATUS_CODE_ERROR', '-', '0'), "
-            f"{http} = '0', '-', {http} != '', {http}, {m}.status = 'STATUS_CODE_ERROR', '-', '200')")
+            f"  multiIf({m}_grpc_code != '', {m}_grpc_code, {m}_status = 'STATUS_CODE_ERROR', '-', '0'), "
+            f"{http} = '0', '-', {http} != '', {http}, {m}_status = 'STATUS_CODE_ERROR', '-', '200')")
 
 
-def _row(src: dict[str, str], dst: dict[str, str], proto: str, m: str, host: str) -> str:
-    cols = [f"{m}.tenant AS tenant", f"{m}.ts AS ts"]
-    cols += [f"{e} AS Src{f}" for f, e in src.items()]
+def _keys(src: dict[str, str], dst: dict[str, str], proto: str, m: str, host: str) -> str:
+    """The edge key columns (KEY_COLUMNS), derived from one group of raw fields; ``m`` = the measured span."""
+    cols = [f"{e} AS Src{f}" for f, e in src.items()]
     cols += [f"{e} AS Dst{f}" for f, e in dst.items()]
     cols += [f"{proto} AS Protocol", f"{_code(m, 'Protocol')} AS ResponseCode",
-             f"if({m}.flags0 != '', {m}.flags0, '-') AS ResponseFlags", f"{host} AS DstHost",
-             f"{m}.sprin AS SourcePrincipal", f"{m}.dprin AS DestPrincipal",
-             f"{m}.dur AS dur", f"{histogram.bucket_sql(f'{m}.dur')} AS lat_bucket", f"{m}.mult AS mult",
-             f"{m}.bytes_sent AS bytes_sent", f"{m}.bytes_received AS bytes_received", f"{m}.policy AS policy"]
+             f"if({m}_flags0 != '', {m}_flags0, '-') AS ResponseFlags", f"{host} AS DstHost",
+             f"{m}_sprin AS SourcePrincipal", f"{m}_dprin AS DestPrincipal"]
     return ",\n    ".join(cols)
 
 
-def edge_rows_sql(db: str, n_ranges: int, tenant: bool) -> str:
-    """SQL for one row per edge-request (before aggregation) whose measured span starts in the bound ranges
-    ``{lo<i>:Int64}``..``{hi<i>:Int64}`` (ns), for ``{tenant:String}`` or for all tenants."""
+# Per group of requests that share their raw fields and latency bucket: partial sums (the outer query adds them)
+_PARTIALS = tuple(f"part_{c}" for c in ("Spans", "Requests", "LatencySumMs", "BytesSent", "BytesReceived",
+                                         "MtlsRequests", "MtlsKnown"))
+
+
+def _lookup_sql(table: str, where: str, hash_cols: Sequence[str], prefix: str) -> str:
+    """One row per distinct combination of ``hash_cols`` among the spans ``where`` selects (one scan for all of
+    them): the hashes as ``h0``, ``h1``, ... and the fields they stand for, as ``<prefix>_<field>``. Any span with
+    the same hashes has the same fields, so the first one found is taken (``LIMIT 1 BY``, cheaper than any())."""
+    hashes = ", ".join(f"{h} AS h{i}" for i, h in enumerate(hash_cols))
+    fields = ", ".join(f"{e} AS {prefix}_{f}" for h in hash_cols for f, e in HASHED_FIELDS[h].items())
+    by = ", ".join(f"h{i}" for i in range(len(hash_cols)))
+    return f"SELECT {hashes}, {fields} FROM {table} WHERE {where} LIMIT 1 BY {by}"
+
+
+def _grouped(by: Sequence[str], m: str, from_sql: str, per_minute: bool) -> str:
+    """``SELECT`` of the hashes ``by``, the latency bucket ``lb`` and the partial measures of the measured span
+    ``m``, grouped on the hashes and ``lb`` (and per tenant and minute for the rollup)."""
+    group = [*by, f"{histogram.bucket_sql(f'{m}.dur')} AS lb"]
+    if per_minute:
+        group += [f"{m}.tenant AS tenant", f"toStartOfMinute({m}.ts) AS minute"]
+    cols = group + ["count() AS part_Spans", f"sum({m}.mult) AS part_Requests",
+                    f"sum({m}.dur / 1e6 * {m}.mult) AS part_LatencySumMs",
+                    f"sum({m}.bytes_sent * {m}.mult) AS part_BytesSent",
+                    f"sum({m}.bytes_received * {m}.mult) AS part_BytesReceived",
+                    f"sum(if({m}.policy = 'mutual_tls', {m}.mult, 0)) AS part_MtlsRequests",
+                    f"sum(if({m}.policy NOT IN ('', 'unknown'), {m}.mult, 0)) AS part_MtlsKnown"]
+    keys = [g.rsplit(" AS ", 1)[1] for g in group]
+    return f"SELECT {', '.join(cols)}\n{from_sql}\nGROUP BY {', '.join(keys)}"
+
+
+def edge_groups_sql(db: str, n_ranges: int, tenant: bool, per_minute: bool = False,
+                    namespaces: bool = False) -> str:
+    """SQL for the edges whose measured span starts in the bound ranges ``{lo<i>:Int64}``..``{hi<i>:Int64}`` (ns),
+    for ``{tenant:String}`` or for all tenants: one row per edge key (``KEY_COLUMNS``; first ``tenant`` and
+    ``minute`` when ``per_minute``) with the ``MEASURES`` columns. With ``namespaces``, only edges with an end in
+    ``{namespaces:Array(String)}``."""
     ranges = [(0, 0)] * n_ranges
     tf = "TenantId = {tenant:String} AND " if tenant else ""
     t = f"{db}.otel_traces"
-    # The tenant is folded into the span hashes so that both joins are on one UInt64: a (String, UInt64) key
-    # made them about three times slower (10M spans, 6 h: 10.5 s -> 5.4 s for the whole raw query).
-    children = f"""SELECT {_COMMON}, cityHash64(TenantId, TraceId, ParentSpanId) AS parent_h, ParentSpanId = '' AS is_root,
-        {_MEASURED},
-        if(ParentSpanId = '', MeshCaller, '') AS caller
-    FROM {t} WHERE {tf}SpanKind IN {_SERVER_KINDS} AND {_ranges_sql(ranges)}"""
-    parents = f"""SELECT {_COMMON}
-    FROM {t} WHERE {tf}{_ranges_sql(ranges, before=PARENT_LOOKBACK_NS)}"""
-    clients = f"""SELECT {_COMMON}, {_MEASURED},
-        MeshPeerName AS peer_attr,
-        MeshDbSystem AS db_sys, MeshDbNamespace AS db_ns, MeshMessagingSystem AS msg_sys,
-        MeshMessagingDestination AS msg_dest, MeshUpstreamCluster AS upstream, MeshUrlHost AS url_host
-    FROM {t} WHERE {tf}SpanKind IN {_CLIENT_KINDS} AND {_ranges_sql(ranges)}"""
-    kids = f"""SELECT cityHash64(TenantId, TraceId, ParentSpanId) AS parent_h
-    FROM {t} WHERE {tf}SpanKind IN {_REMOTE_KINDS} AND ParentSpanId != ''
+    # Spans are joined on SpanHash/ParentHash (cityHash64(TenantId, TraceId, SpanId/ParentSpanId), written at
+    # insert, deploy/clickhouse/009_span_hashes.sql): one UInt64 per side instead of hashing three strings per span
+    # at every query, with the tenant folded in (a (String, UInt64) key made the joins about three times slower).
+    # Both joins carry only numbers; each side's fields come back by lookup once its rows are grouped.
+    server_spans = f"{tf}SpanKind IN {_SERVER_KINDS} AND {_ranges_sql(ranges)}"
+    client_spans = f"{tf}SpanKind IN {_CLIENT_KINDS} AND {_ranges_sql(ranges)}"
+    parent_spans = f"{tf}{_ranges_sql(ranges, before=PARENT_LOOKBACK_NS)}"
+    children = f"""SELECT TenantId AS tenant, ParentHash AS parent_h, EdgeNodeHash AS node_h,
+        EdgeResponseHash AS resp_h, {_MEASURED}
+    FROM {t} WHERE {server_spans}"""
+    # the parents' side of the join is only two numbers per span: a hash table of every span in the range
+    parents = f"""SELECT SpanHash AS self_h, EdgeNodeHash AS node_h FROM {t} WHERE {parent_spans}"""
+    clients = f"""SELECT TenantId AS tenant, SpanHash AS self_h, EdgeNodeHash AS node_h, EdgeResponseHash AS resp_h,
+        EdgePeerHash AS peer_h, {_MEASURED}
+    FROM {t} WHERE {client_spans}"""
+    kids = f"""SELECT ParentHash AS parent_h
+    FROM {t} WHERE {tf}SpanKind IN {_REMOTE_KINDS} AND notEmpty(ParentSpanId)
       AND {_ranges_sql(ranges, after=CHILD_LOOKAHEAD_NS)}"""
+    head = "tenant, minute, " if per_minute else ""
 
-    # paired and root edges
-    found = "p.self_h != 0"
-    collapse = (f"{found} AND {_same_identity('p', 'c')} AND NOT (p.kind IN {_CLIENT_KINDS} AND p.proxy = c.proxy)")
-    caller_parts = "splitByChar('.', c.caller)"
-    caller_ok = "match(c.caller, '^[^.~ -][^.~ ]*\\\\.[^.~ ]+$')"
+    # paired and root edges; same-identity pairs (one hop's sidecar and app spans) collapse
+    paired_groups = _grouped(["p.self_h != 0 AS p_found", "p.node_h AS p_node_h", "c.node_h AS c_node_h",
+                              "c.resp_h AS c_resp_h"], "c", f"""FROM ({children}) AS c
+LEFT JOIN ({parents}) AS p ON p.self_h = c.parent_h""", per_minute)
+    collapse = (f"p_found AND {_same_identity('p', 'c')} "
+                f"AND NOT (p_kind IN {_CLIENT_KINDS} AND p_proxy = c_proxy)")
+    caller_parts = "splitByChar('.', c_caller)"
+    caller_ok = "match(c_caller, '^[^.~ -][^.~ ]*\\\\.[^.~ ]+$')"
     caller_id = {
-        "Kind": "'workload'", "Cluster": _u("c.cl"), "Namespace": f"{caller_parts}[2]",
+        "Kind": "'workload'", "Cluster": _u("c_cl"), "Namespace": f"{caller_parts}[2]",
         "Workload": f"{caller_parts}[1]", "App": f"{caller_parts}[1]", "Version": f"'{UNKNOWN}'",
-        "Service": f"'{UNKNOWN}'", "Gateway": "toUInt8(positionCaseInsensitive(c.caller, 'gateway') > 0)",
+        "Service": f"'{UNKNOWN}'", "Gateway": "toUInt8(positionCaseInsensitive(c_caller, 'gateway') > 0)",
         "Virtual": "''",
     }
     p_id = _span_identity("p")
-    src = {f: (f"if({found}, {p_id[f]}, if({caller_ok}, {caller_id[f]}, {_UNKNOWN_IDENTITY[f]}))")
+    src = {f: f"if(p_found, {p_id[f]}, if({caller_ok}, {caller_id[f]}, {_UNKNOWN_IDENTITY[f]}))"
            for f in IDENTITY_FIELDS}
-    proto_pair = "multiIf(c.proto != '', c.proto, p.proto != '', p.proto, 'tcp')"
-    host_pair = f"if({found} AND p.kind IN {_CLIENT_KINDS}, replaceRegexpOne(p.host, ':[0-9]+$', ''), '')"
-    paired = f"""SELECT {_row(src, _span_identity('c'), proto_pair, 'c', host_pair)}
-FROM ({children}) AS c
-LEFT JOIN ({parents}) AS p ON p.self_h = c.parent_h
+    proto_pair = "multiIf(c_proto != '', c_proto, p_proto != '', p_proto, 'tcp')"
+    host_pair = f"if(p_found AND p_kind IN {_CLIENT_KINDS}, replaceRegexpOne(p_host, ':[0-9]+$', ''), '')"
+    paired = f"""SELECT {head}{_keys(src, _span_identity('c'), proto_pair, 'c', host_pair)}, lb, {', '.join(_PARTIALS)}
+FROM ({paired_groups}) AS g
+LEFT JOIN ({_lookup_sql(t, parent_spans, ["EdgeNodeHash"], "p")}) AS pn ON pn.h0 = g.p_node_h
+LEFT JOIN ({_lookup_sql(t, server_spans, ["EdgeNodeHash", "EdgeResponseHash"], "c")}) AS cn
+    ON cn.h0 = g.c_node_h AND cn.h1 = g.c_resp_h
 WHERE NOT ({collapse})"""
 
     # virtual destinations of terminal client spans
-    vtype = ("multiIf(v.peer_attr != '', 'peer', v.db_sys != '', 'db', v.msg_sys != '', 'messaging', "
-             "v.host != '', 'host', v.upstream IN ('PassthroughCluster', 'BlackHoleCluster'), 'egress', "
-             "v.url_host != '', 'host', '')")
-    vname = ("multiIf(v.peer_attr != '', v.peer_attr, "
-             "v.db_sys != '', concat(v.db_sys, if(v.db_ns != '', concat('/', v.db_ns), '')), "
-             "v.msg_sys != '', concat(v.msg_sys, if(v.msg_dest != '', concat('/', v.msg_dest), '')), "
-             "v.host != '', v.host, v.upstream IN ('PassthroughCluster', 'BlackHoleCluster'), v.upstream, "
-             "v.url_host != '', v.url_host, '')")
+    vtype = ("multiIf(v_peer_attr != '', 'peer', v_db_sys != '', 'db', v_msg_sys != '', 'messaging', "
+             "v_host != '', 'host', v_upstream IN ('PassthroughCluster', 'BlackHoleCluster'), 'egress', "
+             "v_url_host != '', 'host', '')")
+    vname = ("multiIf(v_peer_attr != '', v_peer_attr, "
+             "v_db_sys != '', concat(v_db_sys, if(v_db_ns != '', concat('/', v_db_ns), '')), "
+             "v_msg_sys != '', concat(v_msg_sys, if(v_msg_dest != '', concat('/', v_msg_dest), '')), "
+             "v_host != '', v_host, v_upstream IN ('PassthroughCluster', 'BlackHoleCluster'), v_upstream, "
+             "v_url_host != '', v_url_host, '')")
     vhost = f"replaceRegexpOne({vname}, ':[0-9]+$', '')"
     k8s = f"extractGroups({vhost}, '^([^.]+)\\\\.([^.]+)\\\\.svc(?:\\\\..*)?$')"
     is_host = f"({vtype} IN ('host', 'peer'))"
     vdst = {
-        "Kind": "'service'", "Cluster": _u("v.cl"),
-        "Namespace": f"if({is_host} AND length({k8s}) = 2, {k8s}[2], {_u('v.ns')})",
+        "Kind": "'service'", "Cluster": _u("v_cl"),
+        "Namespace": f"if({is_host} AND length({k8s}) = 2, {k8s}[2], {_u('v_ns')})",
         "Workload": f"'{UNKNOWN}'", "App": f"'{UNKNOWN}'", "Version": f"'{UNKNOWN}'",
         "Service": f"if({is_host} AND length({k8s}) = 2, {k8s}[1], {_u(vhost)})",
         "Gateway": "toUInt8(0)", "Virtual": vtype,
     }
-    proto_v = "if(v.proto != '', v.proto, 'tcp')"
-    virtual = f"""SELECT {_row(_span_identity('v'), vdst, proto_v, 'v', f"if({is_host}, {vhost}, '')")}
-FROM ({clients}) AS v
-LEFT ANTI JOIN ({kids}) AS k ON k.parent_h = v.self_h"""
-    return f"{paired}\nUNION ALL\n{virtual}"
+    proto_v = "if(v_proto != '', v_proto, 'tcp')"
+    virtual_groups = _grouped(["v.node_h AS v_node_h", "v.resp_h AS v_resp_h", "v.peer_h AS v_peer_h"], "v",
+                              f"""FROM ({clients}) AS v
+LEFT ANTI JOIN ({kids}) AS k ON k.parent_h = v.self_h""", per_minute)
+    virtual = f"""SELECT {head}{_keys(_span_identity('v'), vdst, proto_v, 'v', f"if({is_host}, {vhost}, '')")}, lb, {', '.join(_PARTIALS)}
+FROM ({virtual_groups}) AS g
+LEFT JOIN ({_lookup_sql(t, client_spans, ["EdgeNodeHash", "EdgeResponseHash", "EdgePeerHash"], "v")}) AS vn
+    ON vn.h0 = g.v_node_h AND vn.h1 = g.v_resp_h AND vn.h2 = g.v_peer_h"""
+
+    keys = ", ".join(KEY_COLUMNS)
+    merged = ", ".join(f"sum({c}) AS {c[len('part_'):]}" for c in _PARTIALS)
+    return (f"SELECT {head}{keys}, {merged}, sumMap(map(lb, part_Requests)) AS LatencyBuckets\n"
+            f"FROM ({paired}\nUNION ALL\n{virtual})\nWHERE 1{_ns_filter(namespaces)}\nGROUP BY {head}{keys}")
 
 
-def _ns_filter(namespaces: Sequence[str] | None) -> str:
+def _ns_filter(namespaces) -> str:
     if not namespaces:
         return ""
     return " AND (SrcNamespace IN {namespaces:Array(String)} OR DstNamespace IN {namespaces:Array(String)})"
@@ -334,10 +385,7 @@ def _finish(accs: dict, window_seconds: float) -> list[EdgeStats]:
 def _raw_rows(store, tenant: str, ranges: Sequence[tuple[int, int]], namespaces) -> list[dict]:
     if not ranges:
         return []
-    keys = ", ".join(KEY_COLUMNS)
-    aggs = ", ".join(f"{e} AS {c}" for c, e in MEASURE_AGGREGATES.items())
-    sql = (f"SELECT {keys}, {aggs} FROM ({edge_rows_sql(store.database, len(ranges), tenant=True)}) "
-           f"WHERE 1{_ns_filter(namespaces)} GROUP BY {keys}")
+    sql = edge_groups_sql(store.database, len(ranges), tenant=True, namespaces=bool(namespaces))
     params: dict[str, Any] = {"tenant": tenant, **_range_params(ranges)}
     if namespaces:
         params["namespaces"] = list(namespaces)
@@ -426,12 +474,10 @@ def fetch_edges(store, tenant: str, start_ns: int, end_ns: int, *, source: str =
 # ------------------------------------------------------------------------------------------------ the rollup job
 
 def rollup_insert_sql(db: str) -> str:
-    keys = ", ".join(KEY_COLUMNS)
-    aggs = ", ".join(f"{e} AS {c}" for c, e in MEASURE_AGGREGATES.items())
-    cols = ", ".join(["TenantId", "Minute", "Generation", *KEY_COLUMNS, *MEASURE_AGGREGATES])
+    cols = ", ".join(["TenantId", "Minute", "Generation", *KEY_COLUMNS, *MEASURES])
     return (f"INSERT INTO {db}.{ROLLUP_TABLE} ({cols}) "
-            f"SELECT tenant, toStartOfMinute(ts) AS minute, {{gen:UInt64}}, {keys}, {aggs} "
-            f"FROM ({edge_rows_sql(db, 1, tenant=False)}) GROUP BY tenant, minute, {keys}")
+            f"SELECT tenant, minute, {{gen:UInt64}}, {', '.join(KEY_COLUMNS)}, {', '.join(MEASURES)} "
+            f"FROM ({edge_groups_sql(db, 1, tenant=False, per_minute=True)})")
 
 
 def marker_insert_sql(db: str) -> str:
