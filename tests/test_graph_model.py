@@ -554,3 +554,19 @@ def test_service_graph_keeps_an_entry_workload_that_only_the_unknown_source_call
     edges = sorted((names[e["data"]["source"]], names[e["data"]["target"]]) for e in doc["elements"]["edges"])
     assert edges == [("istio-ingressgateway", "productpage"), ("productpage", "reviews"),
                      ("unknown", "istio-ingressgateway")]
+
+
+def test_edge_panel_reports_the_ratio_behind_its_status():
+    """The edge panel's health gives the error ratio of the tolerance that decided the status (as a node's does):
+    3 % 503 is Degraded by the 5xx tolerance, the 8 % 404 trips nothing; every error counts in RED instead."""
+    from meshscope.query.graph.details import edge_summary
+
+    g = build_graph([http(PP, RV1, {"200": 89, "503": 3, "404": 8})], GraphOptions())
+    edge = next(e for e in g.edges if e.dest.workload == "reviews-v1")
+    d = edge_summary(g, edge)
+    assert d["health"]["status"] == d["edge"]["healthStatus"] == "Degraded"
+    assert d["health"]["errorRatio"] == pytest.approx(3.0)
+    assert d["red"]["errorRate"] == pytest.approx(0.11)
+    healthy = build_graph([http(PP, RV1, {"200": 100})], GraphOptions())
+    d = edge_summary(healthy, next(e for e in healthy.edges if e.dest.workload == "reviews-v1"))
+    assert (d["health"]["status"], d["health"]["errorRatio"]) == ("Healthy", 0.0)

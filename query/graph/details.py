@@ -150,15 +150,15 @@ def node_summary(graph: Graph, node: Node) -> dict:
 def edge_summary(graph: Graph, edge: Edge) -> dict:
     """Everything the graph knows about one edge."""
     data = graph._edge_data(edge, _out_totals(graph))
-    status = data.get("healthStatus", "NA")
+    status, ratio = graph.edge_status(edge) if "healthStatus" in data else ("NA", 0.0)
     rows = responses([edge])
     summary = red([edge])
     return {
         "kind": "edge", "id": data["id"], "protocol": edge.protocol, "edge": data,
         "source": _ref(graph, edge.source), "target": _ref(graph, edge.dest),
         "label": f"{_ref(graph, edge.source)['label']} \u2192 {_ref(graph, edge.dest)['label']}",
-        "health": {"status": status, "errorRatio": round(100 * summary["errorRate"], 3),
-                   "thresholds": thresholds(graph)},
+        # the ratio behind the status (Kiali's tolerances), as for a node; every error is in red.errorRate
+        "health": {"status": status, "errorRatio": round(ratio, 3), "thresholds": thresholds(graph)},
         "red": summary,
         "mtlsPercent": float(data["isMTLS"]) if data.get("isMTLS") else None,
         "throughput": float(data["throughput"]) if data.get("throughput") else None,

@@ -703,12 +703,18 @@ class Graph:
     nodes: dict[str, Node]
     edges: list[Edge]
 
-    def edge_health(self, e: Edge) -> str:
-        """appender/health.go: worst of the source's outbound and the dest's inbound tolerances over the edge."""
+    def edge_status(self, e: Edge) -> tuple[str, float]:
+        """appender/health.go: worst of the source's outbound and the dest's inbound tolerances over the edge, and
+        the error ratio (%) of the tolerance that decided it, as ``node_health`` reports it for a node."""
         codes = {e.protocol: dict(e.codes)}
-        out_status, _, _ = request_status(codes, "outbound", self.opts.tolerances)
-        in_status, _, _ = request_status(codes, "inbound", self.opts.tolerances)
-        return worst(out_status, in_status)
+        out_status, out_ratio, _ = request_status(codes, "outbound", self.opts.tolerances)
+        in_status, in_ratio, _ = request_status(codes, "inbound", self.opts.tolerances)
+        if STATUS_PRIORITY[out_status] > STATUS_PRIORITY[in_status]:
+            return out_status, out_ratio
+        return in_status, in_ratio if in_status != out_status else max(in_ratio, out_ratio)
+
+    def edge_health(self, e: Edge) -> str:
+        return self.edge_status(e)[0]
 
     def node_health(self, n: Node, inbound=None, outbound=None) -> dict:
         inbound = n.inbound if inbound is None else inbound
