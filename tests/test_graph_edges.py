@@ -384,18 +384,19 @@ def test_tenants_sharing_span_ids_are_never_joined(store, tmp_path):
 
 def _columns(sql: str) -> set[str]:
     """Column names in an SQL expression (ours start with a capital letter; functions do not)."""
-    return set(re.findall(r"\b[A-Z][A-Za-z]*\b", sql))
+    return set(re.findall(r"\b[A-Z][A-Za-z0-9_]*\b", sql))
 
 
 def test_edge_hashes_cover_the_fields_grouped_under_them(store, meshes):
     """Requests are grouped on EdgeNodeHash, EdgeResponseHash and EdgePeerHash and each group's fields are read
-    from one span of it (edges.HASHED_FIELDS): every column a field reads must be inside its hash in
-    009_span_hashes.sql, and in stored spans each value of a hash stands for one combination of its fields."""
-    text = dict(schema_files())["009_span_hashes.sql"]
+    from one span of it (edges.HASHED_FIELDS): every column a field reads must be inside its hash as the table
+    defines it, and in stored spans each value of a hash stands for one combination of its fields."""
+    defined = dict(store.query("SELECT name, default_expression FROM system.columns WHERE database = {d:String} "
+                               "AND table = 'otel_traces' AND default_kind = 'MATERIALIZED'",
+                               {"d": store.database}).rows)
     for col, fields in HASHED_FIELDS.items():
-        m = re.search(rf"{col} UInt64 MATERIALIZED cityHash64\((.*?)\) CODEC", text, re.S)
-        assert m, f"{col} is not defined in 009_span_hashes.sql"
-        inside = _columns(m.group(1))
+        assert defined.get(col, "").startswith("cityHash64("), f"{col} is not a hash column of otel_traces"
+        inside = _columns(defined[col])
         for field, expr in fields.items():
             used = _columns(expr)
             assert used and used <= inside, f"{col} does not cover {sorted(used - inside)} of field {field}"
@@ -430,3 +431,60 @@ def test_spans_stored_before_the_hash_columns_give_the_same_edges(store, meshes,
         assert _summary(upgraded) == _summary(fetch_edges(store, tenant, lo, hi, source="raw"))
     finally:
         old.command(f"DROP DATABASE IF EXISTS {old.database}")
+
+
+def test_callers_internal_parents_virtual_kinds_and_p_values(store, tmp_path):
+    """What the synthetic mesh never sends: a root SERVER span whose Envoy names its caller (the caller is the
+    source) and a non-root one whose parent is missing (unknown, whatever it names), a SERVER span under an
+    INTERNAL span of another workload, CLIENT/PRODUCER spans to a peer service, a queue, a database and Envoy's
+    PassthroughCluster, and the older ``ot=p:<n>`` sampling mark."""
+    tenant = f"graph-cases-{RUN}"
+    start = (time.time_ns() // MINUTE_NS - 40) * MINUTE_NS
+    batch = gm.Workload("batch-v1", "batch", "v1")
+    http = {"http.request.method": "GET", "http.response.status_code": 200}
+    spans, sampled = gm._Spans(""), gm._Spans("ot=p:2")
+    ids = iter(range(1, 100))
+
+    def sid() -> bytes:
+        return next(ids).to_bytes(8, "big")
+
+    def trace() -> bytes:
+        return uuid.uuid4().bytes
+
+    t = start + 10 * 10**9
+    spans.add(gm.app_resource(gm.FRONTEND), trace(), sid(), b"", 2, "GET /", t, t + 5 * gm.MS,
+              {**http, "downstream_cluster": "istio-ingressgateway.istio-system"})
+    spans.add(gm.app_resource(gm.CART), trace(), sid(), b"\xaa" * 8, 2, "GET /cart", t, t + 5 * gm.MS,
+              {**http, "downstream_cluster": "frontend.shop"})
+    tid, parent = trace(), sid()
+    spans.add(gm.app_resource(batch), tid, parent, b"", 1, "nightly", t, t + 50 * gm.MS, {})
+    spans.add(gm.app_resource(gm.ORDERS), tid, sid(), parent, 2, "POST /orders", t + gm.MS, t + 9 * gm.MS, http)
+    for kind, attrs in ((3, {**http, "peer.service": "billing"}),
+                        (4, {"messaging.system": "kafka", "messaging.destination.name": "orders"}),
+                        (3, {"db.system": "redis"}),
+                        (3, {**http, "upstream_cluster": "PassthroughCluster"})):
+        spans.add(gm.app_resource(gm.FRONTEND), trace(), sid(), b"", kind, "call", t, t + 2 * gm.MS, attrs)
+    sampled.add(gm.app_resource(gm.ORDERS), trace(), sid(), b"", 2, "GET /orders", t, t + 3 * gm.MS, http)
+    insert(store, tmp_path, "traces", *spans.requests(), *sampled.requests(), tenant=tenant)
+
+    lo, hi = start, start + MINUTE_NS
+    EdgeRollup(store, lookback_minutes=45, backfill_hours=0).run_once(hi + MINUTE_NS)
+    shop = gm.NS
+    want = {
+        (("wl", "istio-system", "istio-ingressgateway"), gm.FRONTEND.node(), "http"): 1.0,
+        (gm.UNKNOWN_NODE, gm.CART.node(), "http"): 1.0,
+        (batch.node(), gm.ORDERS.node(), "http"): 1.0,
+        (gm.UNKNOWN_NODE, gm.ORDERS.node(), "http"): 4.0,  # p:2 = one span in four kept
+        (gm.FRONTEND.node(), ("svc", shop, "billing"), "http"): 1.0,
+        (gm.FRONTEND.node(), ("svc", shop, "kafka/orders"), "tcp"): 1.0,
+        (gm.FRONTEND.node(), ("svc", shop, "redis"), "tcp"): 1.0,
+        (gm.FRONTEND.node(), ("svc", shop, "PassthroughCluster"), "http"): 1.0,
+    }
+    for source in ("raw", "rollup"):
+        got = by_key(fetch_edges(store, tenant, lo, hi, source=source))
+        assert {k: e.requests for k, e in got.items()} == want, source
+        caller = got[(("wl", "istio-system", "istio-ingressgateway"), gm.FRONTEND.node(), "http")]
+        assert caller.source.is_gateway and caller.source.kind == "workload", source
+        virtual = {k[1]: e.dest.virtual for k, e in got.items() if e.dest.kind == "service"}
+        assert virtual == {("svc", shop, "billing"): "peer", ("svc", shop, "kafka/orders"): "messaging",
+                           ("svc", shop, "redis"): "db", ("svc", shop, "PassthroughCluster"): "egress"}, source

@@ -58,10 +58,14 @@ ROLLUP_TABLE = "otel_service_edges_1m"
 # each; the spans that have a parent, one number each): ClickHouse 25+'s automatic swap would hash the children
 # and clients instead (10M spans, 6 h: 4.0 s swapped, 2.8 s as written).
 JOIN_SETTINGS = {"query_plan_join_swap_table": "false"}
+# Unmatched LEFT JOIN rows must read as defaults (0, ''), not NULL, whatever the server profile says: with NULLs
+# ``p_found`` and the lookups' fields would turn the collapse test NULL and drop every root edge.
+JOIN_DEFAULTS = {"join_use_nulls": 0}
 
 
 def _join_settings(store) -> dict:
-    return JOIN_SETTINGS if store.knows_settings(tuple(JOIN_SETTINGS)) else {}
+    swap = JOIN_SETTINGS if store.knows_settings(tuple(JOIN_SETTINGS)) else {}
+    return {**JOIN_DEFAULTS, **swap}
 
 
 _SERVER_KINDS = "('SPAN_KIND_SERVER', 'SPAN_KIND_CONSUMER')"
@@ -104,7 +108,8 @@ _MEASURED = f"""Timestamp AS ts, Duration AS dur, MeshSecurityPolicy AS policy, 
 # (deploy/clickhouse/009_span_hashes.sql): field -> the column (or expression) it is read from. A join carries
 # only the hashes; rows are grouped on them; what a hash stands for is looked up once per distinct value after
 # grouping (``_lookup_sql``), and the keys' expressions, regular expressions included, run once per group. Each
-# hash must cover every column its fields read (tests/test_graph_edges.py checks against the schema file).
+# hash must cover every column its fields read (tests/test_graph_edges.py checks the live table's definitions); a
+# field that a hash does not cover needs a new hash column (see the schema file), never an edited one.
 HASHED_FIELDS = {
     "EdgeNodeHash": {"kind": "SpanKind", "proxy": "MeshProxy", "cl": "MeshCluster", "ns": "MeshNamespace",
                      "wl0": "MeshWorkload", "sn": "ServiceName", "app0": "MeshApp", "ver": "MeshVersion",
@@ -175,12 +180,14 @@ _PARTIALS = tuple(f"part_{c}" for c in ("Spans", "Requests", "LatencySumMs", "By
                                          "MtlsRequests", "MtlsKnown"))
 
 
-def _lookup_sql(table: str, where: str, hash_cols: Sequence[str], prefix: str) -> str:
+def _lookup_sql(table: str, where: str, hash_cols: Sequence[str], prefix: str, unused: Sequence[str] = ()) -> str:
     """One row per distinct combination of ``hash_cols`` among the spans ``where`` selects (one scan for all of
-    them): the hashes as ``h0``, ``h1``, ... and the fields they stand for, as ``<prefix>_<field>``. Any span with
-    the same hashes has the same fields, so the first one found is taken (``LIMIT 1 BY``, cheaper than any())."""
+    them): the hashes as ``h0``, ``h1``, ... and the fields they stand for (but ``unused``), as
+    ``<prefix>_<field>``. Any span with the same hashes has the same fields, so the first one found is taken
+    (``LIMIT 1 BY``, cheaper than any())."""
     hashes = ", ".join(f"{h} AS h{i}" for i, h in enumerate(hash_cols))
-    fields = ", ".join(f"{e} AS {prefix}_{f}" for h in hash_cols for f, e in HASHED_FIELDS[h].items())
+    fields = ", ".join(f"{e} AS {prefix}_{f}" for h in hash_cols for f, e in HASHED_FIELDS[h].items()
+                       if f not in unused)
     by = ", ".join(f"h{i}" for i in range(len(hash_cols)))
     return f"SELECT {hashes}, {fields} FROM {table} WHERE {where} LIMIT 1 BY {by}"
 
@@ -252,7 +259,7 @@ LEFT JOIN ({parents}) AS p ON p.self_h = c.parent_h""", per_minute)
     paired = f"""SELECT {head}{_keys(src, _span_identity('c'), proto_pair, 'c', host_pair)}, lb, {', '.join(_PARTIALS)}
 FROM ({paired_groups}) AS g
 LEFT JOIN ({_lookup_sql(t, parent_spans, ["EdgeNodeHash"], "p")}) AS pn ON pn.h0 = g.p_node_h
-LEFT JOIN ({_lookup_sql(t, server_spans, ["EdgeNodeHash", "EdgeResponseHash"], "c")}) AS cn
+LEFT JOIN ({_lookup_sql(t, server_spans, ["EdgeNodeHash", "EdgeResponseHash"], "c", ("kind", "host"))}) AS cn
     ON cn.h0 = g.c_node_h AND cn.h1 = g.c_resp_h
 WHERE NOT ({collapse})"""
 
@@ -281,7 +288,8 @@ WHERE NOT ({collapse})"""
 LEFT ANTI JOIN ({kids}) AS k ON k.parent_h = v.self_h""", per_minute)
     virtual = f"""SELECT {head}{_keys(_span_identity('v'), vdst, proto_v, 'v', f"if({is_host}, {vhost}, '')")}, lb, {', '.join(_PARTIALS)}
 FROM ({virtual_groups}) AS g
-LEFT JOIN ({_lookup_sql(t, client_spans, ["EdgeNodeHash", "EdgeResponseHash", "EdgePeerHash"], "v")}) AS vn
+LEFT JOIN ({_lookup_sql(t, client_spans, ["EdgeNodeHash", "EdgeResponseHash", "EdgePeerHash"], "v",
+                        ("kind", "caller"))}) AS vn
     ON vn.h0 = g.v_node_h AND vn.h1 = g.v_resp_h AND vn.h2 = g.v_peer_h"""
 
     keys = ", ".join(KEY_COLUMNS)
