@@ -6,6 +6,9 @@ cut at the global limit; for a metric query, hand samples to the evaluator (``ev
 """
 from __future__ import annotations
 
+import functools
+import math
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -93,9 +96,29 @@ def _parse(query: str) -> A.Expr:
     return expr
 
 
+QUERY_TIMEOUT_S = 60.0  # Loki's default query_timeout is 1m
+_local = threading.local()  # the deadline of the request this worker thread is answering
+
+
+def _with_deadline(method):
+    """A public query: every store query it makes shares one deadline (``timeout_s`` from the start), so a query of
+    many selectors cannot run on for minutes after its client has given up, holding one of the few workers."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        if getattr(_local, "deadline", None) is not None:  # called from another public query: its deadline holds
+            return method(self, *args, **kwargs)
+        _local.deadline = time.monotonic() + self.timeout_s
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _local.deadline = None
+    return wrapped
+
+
 class LogQLEngine:
     def __init__(self, store: Store, *, max_entries: int = 5000, max_series: int = 500,
-                 max_streams: int = 50000, max_rows_scanned: int = 50_000_000):
+                 max_streams: int = 50000, max_rows_scanned: int = 50_000_000, timeout_s: float = QUERY_TIMEOUT_S):
+        self.timeout_s = timeout_s
         self.store = store
         self.db = store.database
         self.max_entries = max_entries
@@ -104,6 +127,7 @@ class LogQLEngine:
         self.max_rows_scanned = max_rows_scanned
 
     # ------------------------------------------------------------------------------------ public queries
+    @_with_deadline
     def query_range(self, query: str, start_ns: int, end_ns: int, step_ns: int, *, limit: int = 100,
                     direction: str = "backward", interval_ns: int = 0, tenant: str = "default") -> Result:
         expr = _parse(query)
@@ -124,6 +148,7 @@ class LogQLEngine:
         res.stats.exec_seconds = time.perf_counter() - t0
         return res
 
+    @_with_deadline
     def query_instant(self, query: str, time_ns: int, *, limit: int = 100, direction: str = "backward",
                       tenant: str = "default") -> Result:
         expr = _parse(query)
@@ -135,17 +160,20 @@ class LogQLEngine:
         res.stats.exec_seconds = time.perf_counter() - t0
         return res
 
+    @_with_deadline
     def labels(self, start_ns: int, end_ns: int, query: str | None = None, tenant: str = "default") -> list[str]:
         names = set()
         for s in self._streams_for(query, start_ns, end_ns, tenant):
             names.update(s.labels)
         return sorted(names)
 
+    @_with_deadline
     def label_values(self, name: str, start_ns: int, end_ns: int, query: str | None = None,
                      tenant: str = "default") -> list[str]:
         vals = {s.labels[name] for s in self._streams_for(query, start_ns, end_ns, tenant) if name in s.labels}
         return sorted(vals)
 
+    @_with_deadline
     def series(self, matchers: list[str], start_ns: int, end_ns: int, tenant: str = "default") -> list[dict]:
         seen: dict[int, dict] = {}
         for m in matchers or [None]:
@@ -153,6 +181,7 @@ class LogQLEngine:
                 seen[s.fingerprint] = s.labels
         return sorted(seen.values(), key=lambda d: sorted(d.items()))
 
+    @_with_deadline
     def index_stats(self, query: str, start_ns: int, end_ns: int, tenant: str = "default") -> dict:
         streams = self._streams_for(query, start_ns, end_ns, tenant)
         return {"streams": len(streams), "chunks": len(streams), "entries": sum(s.entries for s in streams),
@@ -180,22 +209,45 @@ class LogQLEngine:
             raise QueryError(f"the selector matches more than {self.max_streams} streams; narrow it down")
         return [StreamInfo(int(fp), svc, dict(labels), int(n), int(b)) for fp, svc, labels, n, b in rows]
 
+    def _time_left(self) -> dict | None:
+        """Store settings that end a query at the request's deadline; raises when the deadline has passed."""
+        deadline = getattr(_local, "deadline", None)
+        if deadline is None:
+            return None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise self._timed_out()
+        return {"max_execution_time": max(1, math.ceil(left))}
+
+    def _timed_out(self) -> QueryError:
+        return QueryError(f"query timed out after {self.timeout_s:g}s: narrow the stream selector or the time range",
+                          504)
+
+    def _store_error(self, err: Exception) -> QueryError:
+        msg = str(err)
+        if "TIMEOUT_EXCEEDED" in msg or "Timeout exceeded" in msg:
+            return self._timed_out()
+        return QueryError(f"store error: {msg}", 500)
+
     def _query(self, sql: str, params: dict) -> list[tuple]:
+        settings = self._time_left()
         try:
-            return self.store.query(sql, parameters=params).rows
+            return self.store.query(sql, parameters=params, settings=settings).rows
         except StoreError as err:
-            raise QueryError(f"store error: {err}", 500) from err
+            raise self._store_error(err) from err
 
     def _stream_rows(self, sql: str, params: dict):
         """Column blocks of a possibly large result, without holding it all."""
+        settings = self._time_left()
         try:
-            with self.store.client().query_column_block_stream(sql, parameters=params) as blocks:
+            with self.store.client().query_column_block_stream(sql, parameters=params, settings=settings) as blocks:
                 for block in blocks:
+                    self._time_left()
                     yield block
-        except StoreError:
+        except (StoreError, QueryError):
             raise
         except Exception as err:  # clickhouse-connect / chDB errors
-            raise QueryError(f"store error: {err}", 500) from err
+            raise self._store_error(err) from err
 
     # ------------------------------------------------------------------------------------ log queries
     def _log_query(self, q: A.LogQuery, start_ns: int, end_ns: int, limit: int, direction: str,
