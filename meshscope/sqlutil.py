@@ -24,3 +24,13 @@ def quote_identifier(name: str) -> str:
     if not isinstance(name, str) or not name:
         raise ValueError("identifier must be a non-empty string")
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def is_text(value: str) -> bool:
+    """Whether ``value`` is text the store can take as a parameter: a Python str with half a surrogate pair (from a
+    JSON ``\\ud800`` escape, or bytes kept as surrogate escapes) has no UTF-8 form, and the driver fails on it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

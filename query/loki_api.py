@@ -18,6 +18,7 @@ from typing import Callable
 
 import orjson
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDict, MultiDictProxy
 
 from meshscope.collector.tenant import HEADER as TENANT_HEADER
@@ -348,7 +349,7 @@ class LokiApi:
             if ctype in ("application/x-www-form-urlencoded", "multipart/form-data"):
                 try:
                     form: MultiDictProxy = await request.post()
-                except ValueError as err:  # aiohttp: body over client_max_size, or malformed
+                except (ValueError, HttpProcessingError) as err:  # aiohttp: over client_max_size, or malformed
                     raise BadRequest(f"cannot read the form body: {err}", 413 if "size" in str(err) else 400)
                 for k, v in form.items():
                     if isinstance(v, str):

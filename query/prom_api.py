@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDict
 
 from meshscope.collector.tenant import HEADER as TENANT_HEADER
@@ -45,6 +46,15 @@ MIN_TIME_NS = -(1 << 63) + 1
 MAX_TIME_NS = (1 << 63) - 1
 _STATUS = {"bad_data": 400, "execution": 422, "timeout": 503, "canceled": 499, "internal": 500, "not_found": 404,
            "not_acceptable": 406, "unavailable": 503, "unsupported": 501}
+
+
+# Evaluation times are clamped to ±2^62 ns (about 1824-2116): the Go client's "all time" (±2^63) minus a lookback
+# or a range would not fit in an int64 any more. Nothing is stored that far out.
+EVAL_LIMIT_NS = 1 << 62
+
+
+def _eval_time(ns: int) -> int:
+    return max(-EVAL_LIMIT_NS, min(EVAL_LIMIT_NS, ns))
 
 
 class ApiError(Exception):
@@ -101,7 +111,7 @@ def _decode_label_name(name: str) -> str:
     while i < len(body):
         if body[i] == "_":
             j = body.find("_", i + 1)
-            if j > i + 1 and re.fullmatch(r"[0-9A-Fa-f]+", body[i + 1:j]):
+            if j > i + 1 and re.fullmatch(r"[0-9A-Fa-f]{1,6}", body[i + 1:j]) and int(body[i + 1:j], 16) < 0x110000:
                 out.append(chr(int(body[i + 1:j], 16)))
                 i = j + 1
                 continue
@@ -174,16 +184,35 @@ class Params:
         return ms
 
 
+def _json(body) -> bytes:
+    """orjson, but text that is not valid UTF-8 (a PromQL string escape like ``"\\xff"`` makes such label names
+    and values) goes out with U+FFFD for the bad bytes, as Go's JSON encoder writes it, instead of failing."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return orjson.dumps(_valid_text(body))
+
+
+def _valid_text(v):
+    if isinstance(v, str):
+        return v.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if not v.isascii() else v
+    if isinstance(v, dict):
+        return {_valid_text(k): _valid_text(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_valid_text(x) for x in v]
+    return v
+
+
 def _ok(data, warnings: list[str] | None = None) -> web.Response:
     body = {"status": "success", "data": data}
     if warnings:
         body["warnings"] = warnings
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
+    return web.Response(body=_json(body), content_type="application/json")
 
 
 def _err(error_type: str, message: str) -> web.Response:
     body = {"status": "error", "errorType": error_type, "error": message}
-    return web.Response(body=orjson.dumps(body), status=_STATUS.get(error_type, 500), content_type="application/json")
+    return web.Response(body=_json(body), status=_STATUS.get(error_type, 500), content_type="application/json")
 
 
 # ------------------------------------------------------------------------------------------------ the API
@@ -247,6 +276,8 @@ class PromApi:
                 return _err("unavailable" if err.retryable else "execution", str(err))
             except asyncio.TimeoutError:
                 return _err("timeout", "query timed out in expression evaluation")
+            except OverflowError as err:  # a time or duration past what int64 nanoseconds hold
+                return _err("execution", f"a time or duration in the query is out of range: {err}")
             except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
                 raise
             except Exception as err:  # a bug: log it, answer as Prometheus does for internal errors
@@ -261,7 +292,7 @@ class PromApi:
             if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
                 try:
                     form = await request.post()
-                except ValueError as err:
+                except (ValueError, HttpProcessingError) as err:  # aiohttp's InvalidHeader for a broken multipart body
                     raise ApiError("bad_data", f"error parsing form values: {err}") from None
                 for k, v in form.items():
                     if isinstance(v, str):
@@ -316,7 +347,7 @@ class PromApi:
         p = await self._params(request)
         tenant = self._tenant(request)
         q = p.query()
-        t = p.time("time", time.time_ns() // 1_000_000 * 1_000_000)
+        t = _eval_time(p.time("time", time.time_ns() // 1_000_000 * 1_000_000))
         limit = p.limit()
         timeout = self._timeout(p)
         self._check_query(q)
@@ -336,6 +367,7 @@ class PromApi:
             raise ApiError("bad_data", 'invalid parameter "end": cannot parse "" to a valid timestamp')
         if end < start:
             raise ApiError("bad_data", 'invalid parameter "end": end timestamp must not be before start time')
+        start, end = _eval_time(start), _eval_time(end)
         if p.get("step") is None:
             raise ApiError("bad_data", 'invalid parameter "step": cannot parse "" to a valid duration')
         step = p.duration("step")

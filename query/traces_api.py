@@ -23,6 +23,7 @@ from aiohttp import web
 
 from meshscope.collector.tenant import HEADER as TENANT_HEADER
 from meshscope.collector.tenant import TenantError, tenant_from_header
+from meshscope.sqlutil import is_text
 from meshscope.store import StoreError
 
 from .logql.values import parse_go_duration
@@ -137,6 +138,8 @@ def parse_tags(query, jaeger_style: bool) -> list[tuple[str, str]]:
                     v = str(v)
                 else:
                     raise BadRequest("malformed 'tags' parameter, expecting a JSON object of strings")
+            if not (is_text(k) and is_text(v)):  # a JSON escape of half a surrogate pair, e.g. "\ud800"
+                raise BadRequest("malformed 'tags' parameter: keys and values must be valid UTF-8 text")
             out.append((k, v))
         if len(out) > MAX_TAGS:
             break
@@ -419,3 +422,4 @@ def _failure(err: Exception) -> tuple[int, str]:
 def routes(store, **kwargs) -> list[web.RouteDef]:
     """The trace routes over ``store`` (see ``TracesService`` for the options)."""
     return TracesService(store, **kwargs).routes()
+

@@ -68,8 +68,12 @@ class UiRoutes:
 
     async def _static(self, request: web.Request) -> web.StreamResponse:
         rel = request.match_info["path"]
-        path = (STATIC_DIR / rel).resolve()
-        if STATIC_DIR not in path.parents or not path.is_file():
+        try:
+            path = (STATIC_DIR / rel).resolve()
+            found = STATIC_DIR in path.parents and path.is_file()
+        except (OSError, ValueError):  # a name too long for the file system, a NUL byte: no such file either
+            found = False
+        if not found:
             return web.Response(status=404, text=f"no such file: /static/{rel}\n", content_type="text/plain")
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if path.suffix == ".js":

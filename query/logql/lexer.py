@@ -30,6 +30,7 @@ VECTOR_OPS = {"sum", "avg", "count", "max", "min", "stddev", "stdvar", "bottomk"
               "approx_topk"}
 FUNCTIONS = RANGE_OPS | VECTOR_OPS | {"bytes", "duration", "duration_seconds", "ip", "vector", "label_replace"}
 
+MAX_DURATION_NS = 1 << 62  # 146 years
 DIGITS = "0123456789"  # Go's scanner: ASCII digits only ("²" is not a number)
 OPERATORS = ["|=", "|~", "|>", "!=", "!~", "!>", "=~", "==", ">=", "<=",
              "|", "{", "}", "(", ")", ",", "=", ">", "<", "+", "-", "*", "/", "%", "^"]
@@ -164,7 +165,10 @@ class Lexer:
                     h = t[i + 2:i + 2 + n]
                     if len(h) != n or not re.fullmatch(r"[0-9a-fA-F]+", h):
                         self.error("invalid syntax", line, col)
-                    out.append(chr(int(h, 16)))  # \x byte escapes approximated as code points
+                    cp = int(h, 16)
+                    if cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF:  # Go's Unquote: no surrogate halves, nothing past
+                        self.error("invalid syntax", line, col)
+                    out.append(chr(cp))  # \x byte escapes approximated as code points
                     i += 2 + n
                 elif e in "01234567":
                     o = t[i + 1:i + 4]
@@ -203,11 +207,7 @@ class Lexer:
                 end = t.find("]", self.pos)
                 if end < 0:
                     self.error("missing closing ']' in duration", line, col)
-                body = t[self.pos + 1:end]
-                try:
-                    ns = parse_prom_duration(body.strip())
-                except ValueError as e:
-                    self.error(str(e), line, col)
+                ns = self._dur_value(t[self.pos + 1:end].strip(), line, col)
                 self._advance(end + 1 - self.pos)
                 tok("RANGE", ns)
                 continue
@@ -265,9 +265,13 @@ class Lexer:
 
     def _dur_value(self, text: str, line: int, col: int) -> int:
         try:
-            return parse_prom_duration(text)
+            ns = parse_prom_duration(text)
         except ValueError as e:
             self.error(str(e), line, col)
+        if ns > MAX_DURATION_NS:  # query times minus a range or an offset must still fit in an int64
+            self.error(f"duration out of range: {text} (at most {MAX_DURATION_NS // (365 * 86400 * 10**9)}y)",
+                       line, col)
+        return ns
 
 
 def tokenize(text: str | bytes, lenient: bool = False) -> list[Token]:

@@ -588,9 +588,52 @@ def validate_pipelines(expr: A.Expr) -> None:
             raise LogQLSyntaxError(str(err), 0, 0) from err
 
 
+# Limits on a query's shape, so that a hostile query is a parse error and not a RecursionError (a 500) or minutes
+# of work: nesting depth of the tree (parentheses, aggregations, binary operators) and stream selectors per query.
+MAX_DEPTH = 64
+MAX_SELECTORS = 64
+
+
+def _check_shape(expr: A.Expr) -> None:
+    """Depth, selector count and the stream selectors' regexes (RE2, as ClickHouse will run them anchored:
+    a bad one is the user's 400, not a store error). Iterative, so any depth is safe to check."""
+    from .re2util import RegexError, compile_re2
+
+    selectors = 0
+    stack = [(expr, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise LogQLSyntaxError(f"expression nested too deeply (more than {MAX_DEPTH} levels)", 0, 0)
+        if isinstance(node, A.Selector):
+            selectors += 1
+            if selectors > MAX_SELECTORS:
+                raise LogQLSyntaxError(f"too many stream selectors in one query (more than {MAX_SELECTORS})", 0, 0)
+            for m in node.matchers:
+                if m.op in ("=~", "!~"):
+                    try:
+                        compile_re2(m.value)
+                    except RegexError as err:
+                        raise LogQLSyntaxError(f"invalid regex in matcher {m}: {err}", 0, 0) from None
+        if isinstance(node, A.Node):
+            for v in vars(node).values():
+                for it in (v if isinstance(v, (list, tuple)) else [v]):
+                    if isinstance(it, A.Node):
+                        stack.append((it, depth + 1))
+
+
+def _tree(text: str | bytes) -> A.Expr:
+    try:
+        e = Parser(text).parse()
+    except RecursionError:
+        raise LogQLSyntaxError(f"expression nested too deeply (more than {MAX_DEPTH} levels)", 0, 0) from None
+    _check_shape(e)
+    return e
+
+
 def parse(text: str | bytes) -> A.Expr:
     """Parse and validate a LogQL query (Loki's ParseExpr)."""
-    e = Parser(text).parse()
+    e = _tree(text)
     validate(e)
     return e
 
@@ -603,7 +646,7 @@ def parse_sample_expr(text: str | bytes) -> A.Expr:
 
 
 def parse_log_selector(text: str | bytes, validate_matchers: bool = True) -> A.LogQuery:
-    e = Parser(text).parse()
+    e = _tree(text)
     if not A.is_log(e):
         raise LogQLSyntaxError("only log queries are supported here", 1, 1)
     if validate_matchers:
@@ -612,7 +655,7 @@ def parse_log_selector(text: str | bytes, validate_matchers: bool = True) -> A.L
 
 
 def parse_matchers(text: str | bytes, validate_matchers: bool = True) -> list[A.Matcher]:
-    e = Parser(text).parse()
+    e = _tree(text)
     if not isinstance(e, A.LogQuery) or e.stages:
         raise LogQLSyntaxError("only label matchers are supported", 1, 1)
     if validate_matchers:

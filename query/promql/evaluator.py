@@ -250,12 +250,12 @@ class Evaluator:
         if start_ms <= lo_ms:
             start_ms += step_ms
         end_ms = int(ends.max()) // MS
+        if end_ms >= start_ms and (end_ms - start_ms) // step_ms + 1 > 11000 * 100:  # before allocating the grid
+            raise PromQLError("subquery would evaluate too many steps", "execution")
         if end_ms < start_ms:
             grid = np.zeros(0, dtype=np.int64)
         else:
             grid = np.arange(start_ms, end_ms + 1, step_ms, dtype=np.int64) * MS
-        if len(grid) > 11000 * 100:
-            raise PromQLError("subquery would evaluate too many steps", "execution")
         inner = self.eval(node.expr, grid) if len(grid) else []
         series = []
         for s in inner:

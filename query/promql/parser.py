@@ -160,10 +160,14 @@ class _Parser:
     def duration(self, ctx: str) -> int:
         t = self.next()
         if t.kind == "dur":
-            return int(t.value)
-        if t.kind == "num" and math.isfinite(t.value):
-            return int(round(t.value * 1e9))
-        raise self.error(f"unexpected {t.describe()} in {ctx}, expected duration", t.pos)
+            ns = int(t.value)
+        elif t.kind == "num" and math.isfinite(t.value):
+            ns = int(round(t.value * 1e9))
+        else:
+            raise self.error(f"unexpected {t.describe()} in {ctx}, expected duration", t.pos)
+        if abs(ns) > MAX_DURATION_NS:
+            raise self.error(f"duration out of range in {ctx} (at most {MAX_DURATION_NS // YEAR_NS}y)", t.pos)
+        return ns
 
     def _target(self, e: A.Expr, what: str, pos: int):
         inner = e
@@ -197,7 +201,7 @@ class _Parser:
             t = self.next()
         if t.kind in ("num", "dur"):
             v = sign * (t.value if t.kind == "num" else t.value / 1e9)
-            if not math.isfinite(v):
+            if not math.isfinite(v) or abs(v) * 1e9 > MAX_DURATION_NS:
                 raise self.error(f"timestamp out of bounds for @ modifier: {v}", t.pos)
             tgt.at_ns = int(round(v * 1000)) * 10**6
             return
@@ -435,6 +439,11 @@ class _Parser:
             b.matching = A.VectorMatching()
         return b
 
+
+# Ranges, offsets and @ times are kept within ±2^62 ns (146 years; Prometheus' own limit is int64's ±292 years)
+# so that evaluation times minus a range or an offset still fit in an int64.
+MAX_DURATION_NS = 1 << 62
+YEAR_NS = 365 * 86400 * 10**9
 
 _DATE_FUNCS = {"days_in_month", "day_of_month", "day_of_week", "day_of_year", "hour", "minute", "month", "year"}
 

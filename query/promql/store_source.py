@@ -46,6 +46,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from meshscope.sqlutil import is_text
+
 from .matchers import match_labels, matches
 
 __all__ = ["StoreSeriesSource", "MetricCatalogue", "CatalogueEntry", "normalize_name", "label_name", "unit_word",
@@ -303,6 +305,8 @@ def _label_sql(name: str, p: _Params) -> str | None:
 
 
 def _matcher_sql(m, p: _Params) -> str | None:
+    if not is_text(m.value):  # a "\xff" escape: no stored value is such bytes; matched in Python, not sent to SQL
+        return None
     expr = _label_sql(m.name, p)
     if expr is None:
         return None
