@@ -28,6 +28,7 @@ from meshscope.collector.tenant import HEADER as TENANT_HEADER
 from meshscope.collector.tenant import TenantError, tenant_from_header
 from meshscope.store import StoreError
 
+from .deadline import DeadlineExceeded, DeadlineStore, deadline, is_timeout
 from .loki_api import parse_prom_duration, parse_rfc3339
 from .promql.errors import PromQLError
 from .promql.store_source import MetricCatalogue, StoreSeriesSource, label_name
@@ -234,7 +235,8 @@ class PromApi:
         self.started = time.time()
 
     def source(self, tenant: str) -> StoreSeriesSource:
-        return StoreSeriesSource(self.store, tenant, self.catalogue)
+        # every store query of a request carries the request's deadline (set by _run in the worker thread)
+        return StoreSeriesSource(DeadlineStore(self.store), tenant, self.catalogue)
 
     @property
     def engine(self):
@@ -273,8 +275,10 @@ class PromApi:
             except TenantError as err:
                 return _err("bad_data", str(err))
             except StoreError as err:
+                if is_timeout(err):
+                    return _err("timeout", "query timed out in expression evaluation")
                 return _err("unavailable" if err.retryable else "execution", str(err))
-            except asyncio.TimeoutError:
+            except (asyncio.TimeoutError, DeadlineExceeded):
                 return _err("timeout", "query timed out in expression evaluation")
             except OverflowError as err:  # a time or duration past what int64 nanoseconds hold
                 return _err("execution", f"a time or duration in the query is out of range: {err}")
@@ -305,8 +309,11 @@ class PromApi:
         return tenant_from_header(request.headers.get(TENANT_HEADER))
 
     async def _run(self, timeout_s: float, fn, *args, **kwargs):
+        def work():
+            with deadline(timeout_s):  # the store stops too, not only the waiting here
+                return fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+        fut = loop.run_in_executor(self.pool, work)
         return await asyncio.wait_for(fut, timeout_s)
 
     @staticmethod

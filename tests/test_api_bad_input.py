@@ -104,3 +104,25 @@ def test_a_logql_query_past_its_deadline_is_a_504(store):
         eng.labels(0, 60 * 10**9)
     assert err.value.status == 504
     assert LogQLEngine(store).labels(0, 60 * 10**9) == []  # the deadline is per request, not left behind
+
+
+def test_a_promql_store_query_past_the_request_deadline_is_not_sent(store):
+    """PromApi's worker threads run each request under its deadline: the series source's store queries carry
+    max_execution_time and, once the deadline has passed, are not sent at all."""
+    import time
+
+    from meshscope.query.deadline import DeadlineExceeded, DeadlineStore, deadline, store_settings
+    from meshscope.query.promql.store_source import MetricCatalogue, StoreSeriesSource
+
+    src = StoreSeriesSource(DeadlineStore(store), "deadline-test", MetricCatalogue(store))
+    assert src.label_names(0, 10**9) == []  # an index query; outside any request: no deadline
+    with deadline(60):
+        assert store_settings()["max_execution_time"] == 60
+        with deadline(3600):  # a nested call keeps the request's deadline
+            assert store_settings()["max_execution_time"] == 60
+        assert src.label_names(0, 10**9) == []
+    assert store_settings() is None
+    with deadline(1e-6):
+        time.sleep(0.01)
+        with pytest.raises(DeadlineExceeded):
+            src.label_names(0, 10**9)

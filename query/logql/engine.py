@@ -7,13 +7,12 @@ cut at the global limit; for a metric query, hand samples to the evaluator (``ev
 from __future__ import annotations
 
 import functools
-import math
-import threading
 import time
 from dataclasses import dataclass, field
 
 from meshscope.store import Store, StoreError
 
+from ..deadline import DeadlineExceeded, deadline, is_timeout, store_settings
 from . import ast as A
 from .evaluator import EvalError, Evaluator
 from .lexer import LogQLSyntaxError
@@ -97,7 +96,6 @@ def _parse(query: str) -> A.Expr:
 
 
 QUERY_TIMEOUT_S = 60.0  # Loki's default query_timeout is 1m
-_local = threading.local()  # the deadline of the request this worker thread is answering
 
 
 def _with_deadline(method):
@@ -105,13 +103,8 @@ def _with_deadline(method):
     many selectors cannot run on for minutes after its client has given up, holding one of the few workers."""
     @functools.wraps(method)
     def wrapped(self, *args, **kwargs):
-        if getattr(_local, "deadline", None) is not None:  # called from another public query: its deadline holds
+        with deadline(self.timeout_s):
             return method(self, *args, **kwargs)
-        _local.deadline = time.monotonic() + self.timeout_s
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            _local.deadline = None
     return wrapped
 
 
@@ -211,23 +204,19 @@ class LogQLEngine:
 
     def _time_left(self) -> dict | None:
         """Store settings that end a query at the request's deadline; raises when the deadline has passed."""
-        deadline = getattr(_local, "deadline", None)
-        if deadline is None:
-            return None
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise self._timed_out()
-        return {"max_execution_time": max(1, math.ceil(left))}
+        try:
+            return store_settings()
+        except DeadlineExceeded:
+            raise self._timed_out() from None
 
     def _timed_out(self) -> QueryError:
         return QueryError(f"query timed out after {self.timeout_s:g}s: narrow the stream selector or the time range",
                           504)
 
     def _store_error(self, err: Exception) -> QueryError:
-        msg = str(err)
-        if "TIMEOUT_EXCEEDED" in msg or "Timeout exceeded" in msg:
+        if is_timeout(err):
             return self._timed_out()
-        return QueryError(f"store error: {msg}", 500)
+        return QueryError(f"store error: {err}", 500)
 
     def _query(self, sql: str, params: dict) -> list[tuple]:
         settings = self._time_left()
