@@ -497,6 +497,14 @@ class PromApi:
         return _ok(md)
 
     async def exemplars(self, request: web.Request) -> web.Response:
+        """No exemplars are stored yet: an empty list, but only for a request Prometheus would answer."""
+        p = await self._params(request)
+        self._tenant(request)
+        self._check_query(p.query())
+        start = p.time("start", MIN_TIME_NS) if p.get("start") else MIN_TIME_NS
+        end = p.time("end", MAX_TIME_NS) if p.get("end") else MAX_TIME_NS
+        if end < start:
+            raise ApiError("bad_data", 'invalid parameter "end": end timestamp must not be before start time')
         return _ok([])
 
     # -------------------------------------------------------------------------------- status stubs

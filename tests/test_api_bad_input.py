@@ -53,6 +53,11 @@ BAD = [
     ("GET", "/loki/api/v1/format_query?query=" + q('{service_name="\\ud800"}'), "invalid syntax"),
     ("GET", "/loki/api/v1/query_range?query=" + q('{service_name=~".+"} | json a="\\ud800"'), "invalid syntax"),
     ("GET", "/loki/api/v1/query_range?query=" + q('{service_name="\\U00110000"}'), "invalid syntax"),
+    # a tail with a bad stream selector regex is refused before the WebSocket opens; exemplars check their input
+    ("GET", "/loki/api/v1/tail?query=" + q('{a=~"("}'), "invalid regex"),
+    ("GET", "/api/v1/query_exemplars?query=" + q("bad("), "parse error"),
+    ("GET", "/api/v1/query_exemplars?query=up&start=10&end=abc", "cannot parse"),
+    ("GET", "/api/v1/query_exemplars?query=up&start=10&end=5", "before start"),
 ]
 
 
@@ -78,7 +83,8 @@ def test_edges_of_time_and_names_are_not_errors_of_ours(demo_server):
                  "/api/v1/query?query=up&time=" + q("-292273086-05-16T16:47:06Z"),
                  "/api/v1/query_range?query=up&start=" + q("-292273086-05-16T16:47:06Z") + "&end=0&step=1y",
                  "/api/v1/label/U___110000_/values",
-                 "/api/v1/series?match[]=" + q('{a="\\xff"}')):
+                 "/api/v1/series?match[]=" + q('{a="\\xff"}'),
+                 "/api/v1/query_exemplars?query=up&start=0&end=10"):
         status, body = request(demo_server, "GET", path)
         assert status == 200 and json.loads(body)["status"] == "success", (path, status, body[:300])
     status, body = request(demo_server, "GET", "/api/v1/query?query=" + q('label_replace(vector(1), "a", "\\xc3", "", "")'))
