@@ -31,6 +31,7 @@ from meshscope.store import StoreError
 from .deadline import DeadlineExceeded, DeadlineStore, deadline, is_timeout
 from .loki_api import parse_prom_duration, parse_rfc3339
 from .promql.errors import PromQLError
+from .promql.parser import MAX_DURATION_NS
 from .promql.store_source import MetricCatalogue, StoreSeriesSource, label_name
 
 log = logging.getLogger("meshscope.query.prom_api")
@@ -49,9 +50,10 @@ _STATUS = {"bad_data": 400, "execution": 422, "timeout": 503, "canceled": 499, "
            "not_acceptable": 406, "unavailable": 503, "unsupported": 501}
 
 
-# Evaluation times are clamped to ±2^62 ns (about 1824-2116): the Go client's "all time" (±2^63) minus a lookback
-# or a range would not fit in an int64 any more. Nothing is stored that far out.
-EVAL_LIMIT_NS = 1 << 62
+# Evaluation times are clamped to ±2^62 ns (about 1824-2116), the bound the parser puts on ranges and offsets:
+# the Go client's "all time" (±2^63) minus a lookback or a range would not fit in an int64 any more. Nothing is
+# stored that far out.
+EVAL_LIMIT_NS = MAX_DURATION_NS
 
 
 def _eval_time(ns: int) -> int:

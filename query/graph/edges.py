@@ -176,8 +176,7 @@ def _keys(src: dict[str, str], dst: dict[str, str], proto: str, m: str, host: st
 
 
 # Per group of requests that share their raw fields and latency bucket: partial sums (the outer query adds them)
-_PARTIALS = tuple(f"part_{c}" for c in ("Spans", "Requests", "LatencySumMs", "BytesSent", "BytesReceived",
-                                         "MtlsRequests", "MtlsKnown"))
+_PARTIALS = tuple(f"part_{c}" for c in MEASURES if c != "LatencyBuckets")  # buckets: the lb key x part_Requests
 
 
 def _lookup_sql(table: str, where: str, hash_cols: Sequence[str], prefix: str, unused: Sequence[str] = ()) -> str:

@@ -538,15 +538,21 @@ def fold(op: str, a: float, b: float) -> float:
 
 
 # ---------------------------------------------------------------- validation
+def walk(expr):
+    """Every node of a tree with its depth (1 = ``expr``), parents first, left to right. Iterative, so a tree of
+    any depth is safe to walk (the shape check below runs on trees no recursion limit was made for)."""
+    stack = [(expr, 1)]
+    while stack:
+        node, depth = stack.pop()
+        yield node, depth
+        if isinstance(node, A.Node):
+            kids = [it for v in vars(node).values() for it in (v if isinstance(v, (list, tuple)) else [v])
+                    if isinstance(it, A.Node)]
+            stack.extend((k, depth + 1) for k in reversed(kids))
+
+
 def _selectors(node):
-    if isinstance(node, A.Selector):
-        yield node
-    elif isinstance(node, A.Node):
-        for v in vars(node).values():
-            items = v if isinstance(v, list) else [v]
-            for it in items:
-                if isinstance(it, A.Node):
-                    yield from _selectors(it)
+    return (n for n, _ in walk(node) if isinstance(n, A.Selector))
 
 
 def _empty_compatible(m: A.Matcher) -> bool:
@@ -562,13 +568,7 @@ def _empty_compatible(m: A.Matcher) -> bool:
 
 
 def log_queries(node):
-    if isinstance(node, A.LogQuery):
-        yield node
-    elif isinstance(node, A.Node):
-        for v in vars(node).values():
-            for it in (v if isinstance(v, list) else [v]):
-                if isinstance(it, A.Node):
-                    yield from log_queries(it)
+    return (n for n, _ in walk(node) if isinstance(n, A.LogQuery))
 
 
 def validate(expr: A.Expr) -> None:
@@ -596,13 +596,11 @@ MAX_SELECTORS = 64
 
 def _check_shape(expr: A.Expr) -> None:
     """Depth, selector count and the stream selectors' regexes (RE2, as ClickHouse will run them anchored:
-    a bad one is the user's 400, not a store error). Iterative, so any depth is safe to check."""
+    a bad one is the user's 400, not a store error)."""
     from .re2util import RegexError, compile_re2
 
     selectors = 0
-    stack = [(expr, 1)]
-    while stack:
-        node, depth = stack.pop()
+    for node, depth in walk(expr):
         if depth > MAX_DEPTH:
             raise LogQLSyntaxError(f"expression nested too deeply (more than {MAX_DEPTH} levels)", 0, 0)
         if isinstance(node, A.Selector):
@@ -615,11 +613,6 @@ def _check_shape(expr: A.Expr) -> None:
                         compile_re2(m.value)
                     except RegexError as err:
                         raise LogQLSyntaxError(f"invalid regex in matcher {m}: {err}", 0, 0) from None
-        if isinstance(node, A.Node):
-            for v in vars(node).values():
-                for it in (v if isinstance(v, (list, tuple)) else [v]):
-                    if isinstance(it, A.Node):
-                        stack.append((it, depth + 1))
 
 
 def _tree(text: str | bytes) -> A.Expr:
