@@ -16,8 +16,8 @@ from test_otlp_sql import insert as otlp_insert
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from meshscope.query.promql.ast import Matcher
-from meshscope.query.promql.store_source import (STALE_NAN, StoreSeriesSource, format_le, is_stale, label_name,
-                                                 load_series, normalize_name)
+from meshscope.query.promql.store_source import (STALE_NAN, MetricCatalogue, StoreSeriesSource, format_le, is_stale,
+                                                 label_name, load_series, normalize_name)
 
 S = 1_000_000_000
 T0 = (time.time_ns() // (60 * S) - 30) * 60 * S  # 30 minutes ago, whole minute
@@ -79,8 +79,17 @@ def metric(name: str, kind: str, points: list, unit: str = "", monotonic: bool =
     return m
 
 
-def select(store, tenant, *matchers, start=T0 - 3600 * S, end=T0 + 3600 * S):
-    src = StoreSeriesSource(store, tenant)
+_SHARED: dict[int, MetricCatalogue] = {}
+
+
+def shared_source(store, tenant) -> StoreSeriesSource:
+    """A source whose catalogue (and series-identity cache) lives across tests, as one server's does across
+    queries: later look-ups read the identities earlier ones cached, with other matchers and components."""
+    return StoreSeriesSource(store, tenant, _SHARED.setdefault(id(store), MetricCatalogue(store)))
+
+
+def select(store, tenant, *matchers, start=T0 - 3600 * S, end=T0 + 3600 * S, shared=False):
+    src = shared_source(store, tenant) if shared else StoreSeriesSource(store, tenant)
     return {_key(s.labels): s for s in src.select([Matcher(*m) for m in matchers], start, end)}
 
 
@@ -163,7 +172,13 @@ def test_histogram_and_summary_expansion(store, tmp_path):
                 (T0 + 15 * S, (12, 3.0, [2, 4, 6], [0.1, 0.5]), {"route": "/a"})], unit="s"),
         metric("rpc.latency", "summary", [(T0, (4, 10.0, {0.5: 2.0, 0.99: 4.5}), {})], unit="ms"),
     ]), tenant)
-    got = select(store, tenant, ("__name__", "=~", "http.*"))
+    # through a warm series-identity cache, components first seen without their bounds: the same answers
+    for name in ("sum", "count", "bucket"):
+        fresh = select(store, tenant, ("__name__", "=", f"http_server_request_duration_seconds_{name}"))
+        warm = select(store, tenant, ("__name__", "=", f"http_server_request_duration_seconds_{name}"), shared=True)
+        assert {k: v.values.tolist() for k, v in warm.items()} == {k: v.values.tolist() for k, v in fresh.items()}
+        assert len(fresh) == (3 if name == "bucket" else 1)
+    got = select(store, tenant, ("__name__", "=~", "http.*"), shared=True)
     base = "job=api,route=/a"
     assert set(got) == {
         "{__name__=http_server_request_duration_seconds_bucket,job=api,le=0.1,route=/a}",
@@ -372,15 +387,16 @@ def test_index_matchers_select_what_the_mapping_says(store, index_tenant, ms):
     from meshscope.query.promql.matchers import match_labels
     want = sorted(_key(dict(lb, __name__="reqs_total")) for _, _, lb in _INDEX_SERIES
                   if match_labels(matchers, dict(lb, __name__="reqs_total")))
-    src = StoreSeriesSource(store, index_tenant)
-    got = src.select(matchers, T0 - 60 * S, T0 + 120 * S)
-    assert sorted(_key(s.labels) for s in got) == want
-    for s in got:  # each series' own samples (the value slope tells the series apart)
-        attrs = next(a for _, a, lb in _INDEX_SERIES if _key(dict(lb, __name__="reqs_total")) == _key(s.labels))
-        assert s.values.tolist() == [float(i * (len(attrs) + 1)) for i in range(6)]
-    assert sorted(_key(lb) for lb in src.series(matchers, T0 - 60 * S, T0 + 120 * S)) == want
-    g = src.range_function("rate", matchers, 60 * S, np.array([T0 + 75 * S]))
-    assert sorted(_key(x.labels) for x in g) == want
+    # a fresh source, then one whose identity cache earlier parameters filled (through other matchers)
+    for src in (StoreSeriesSource(store, index_tenant), shared_source(store, index_tenant)):
+        got = src.select(matchers, T0 - 60 * S, T0 + 120 * S)
+        assert sorted(_key(s.labels) for s in got) == want
+        for s in got:  # each series' own samples (the value slope tells the series apart)
+            attrs = next(a for _, a, lb in _INDEX_SERIES if _key(dict(lb, __name__="reqs_total")) == _key(s.labels))
+            assert s.values.tolist() == [float(i * (len(attrs) + 1)) for i in range(6)]
+        assert sorted(_key(lb) for lb in src.series(matchers, T0 - 60 * S, T0 + 120 * S)) == want
+        g = src.range_function("rate", matchers, 60 * S, np.array([T0 + 75 * S]))
+        assert sorted(_key(x.labels) for x in g) == want
 
 
 def test_index_target_info_and_label_lookups(store, index_tenant):
