@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="answer 429 once this much acknowledged data awaits the store (default 1GiB)")
     serve.add_argument("--demo", action="store_true",
                        help="also run the simulated bookinfo mesh (meshscope demo) against this server")
+    serve.add_argument("--promql-cache-freshness", type=_duration, default=600.0,
+                       help="range-query steps older than this are answered from the results cache at the "
+                            "next identical request (default 10m, as Mimir's and Loki's; 0 turns it off)")
     serve.add_argument("--wal-fsync", action=argparse.BooleanOptionalAction, default=True,
                        help="acknowledge only after fsync (group commit); --no-wal-fsync trades crash safety "
                             "for speed (data still survives a killed process, not a power loss)")
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             max_request_bytes=args.max_request_bytes, flush_rows=args.flush_rows, flush_bytes=args.flush_bytes,
             flush_interval=args.flush_interval, max_buffered_rows=args.max_buffered_rows,
             wal_max_bytes=args.wal_max_bytes, wal_fsync=args.wal_fsync, demo=args.demo,
-            insert_workers=args.insert_workers,
+            insert_workers=args.insert_workers, promql_cache_freshness=args.promql_cache_freshness,
         )
         return run_serve(opts)
     if args.command == "demo":

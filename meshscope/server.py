@@ -49,6 +49,7 @@ class ServeOptions:
     wal_fsync: bool = True
     demo: bool = False
     insert_workers: int = 1
+    promql_cache_freshness: float = 600.0
 
 
 async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
@@ -75,7 +76,8 @@ async def serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         api.extra_routes += graph_api.routes()
         traces_api = TracesService(store, max_range_s=opts.retention_days * 86400)
         api.extra_routes += traces_api.routes()
-        prom_api = PromApi(store, retention=f"{opts.retention_days}d")
+        prom_api = PromApi(store, retention=f"{opts.retention_days}d",
+                           results_cache_freshness_s=opts.promql_cache_freshness)
         api.extra_routes += prom_api.routes()
         api.extra_routes += UiRoutes().routes()
 

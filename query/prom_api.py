@@ -225,10 +225,12 @@ class PromApi:
     PromQL engine over ``StoreSeriesSource``."""
 
     def __init__(self, store, engine=None, *, workers: int = 4, retention: str = "7d", scrape_interval: str = "15s",
-                 lookback: str = "5m", version: str = "") -> None:
+                 lookback: str = "5m", version: str = "", results_cache_freshness_s: float = 600.0) -> None:
         self.store = store
         self.catalogue = MetricCatalogue(store)
         self._engine = engine
+        self._ranges = None
+        self.results_cache_freshness_s = results_cache_freshness_s
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="promql")
         self.retention = retention
         self.scrape_interval = scrape_interval
@@ -246,6 +248,14 @@ class PromApi:
             from .promql.engine import PromQLEngine
             self._engine = PromQLEngine(self.source)
         return self._engine
+
+    @property
+    def ranges(self):
+        """``range()`` through the results cache (dashboards repeat their range queries at every refresh)."""
+        if self._ranges is None:
+            from .promql.results_cache import RangeResultsCache
+            self._ranges = RangeResultsCache(self.engine, max_freshness_s=self.results_cache_freshness_s)
+        return self._ranges
 
     def routes(self) -> list[web.RouteDef]:
         both = [("query", self.query), ("query_range", self.query_range), ("series", self.series),
@@ -391,7 +401,7 @@ class PromApi:
         timeout = self._timeout(p)
         self._check_query(q)
         kw = self._lookback(p)
-        res = await self._run(timeout, self.engine.range, q, start, end, step, tenant, **kw)
+        res = await self._run(timeout, self.ranges.range, q, start, end, step, tenant, **kw)
         data, warnings = self._data(res, limit)
         return _ok(data, warnings)
 

@@ -15,7 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "bench", "promql.py")
 
 
-FIGURES = {"rate_sum_by_250steps_s", "histogram_quantile_250steps_s", "rate_sum_by_1h_15s_s",
+FIGURES = {"rate_sum_by_250steps_s", "rate_sum_by_250steps_cold_s", "histogram_quantile_250steps_s",
+           "rate_sum_by_250steps_refresh_s", "histogram_quantile_250steps_refresh_s", "rate_sum_by_1h_15s_s",
            "rate_one_service_250steps_s", "series_all_istio_requests_1d_s", "label_values_destination_service_1d_s",
            "samples_in_range"}
 
@@ -40,6 +41,8 @@ def test_promql_benchmark_smoke(tmp_path):
         assert f"promql.{name} " in p.stdout
     assert "upgrade" not in result["details"]  # generated with the index: nothing to upgrade
     assert result["details"]["index_rows"] in (105 * 24, 105 * 25)  # 100 counters + 5 histograms, one per hour
+    # a refresh evaluates the new step and the fresh tail's two, nothing else
+    assert result["details"]["rate_sum_by_250steps_refresh"]["steps_evaluated"] == 3
     # data from before the index: drop it as an older schema would not have had it, then the benchmark upgrades
     code = f"""
 import json
