@@ -362,6 +362,7 @@ class _Indexed:
     service: str
     key: tuple                 # stored series with equal keys are read as one (as the SQL grouping did)
     _sets: list | None = None
+    _unnamed: list | None = None
 
     def label_sets(self) -> list[dict[str, str]]:
         """The Prometheus label sets this series answers to (one per ``le`` / ``quantile``), in that order."""
@@ -380,6 +381,14 @@ class _Indexed:
                 sets = [dict(self.base, __name__=_component_name(e))]
             self._sets = [(lb, tuple(sorted(lb.items()))) for lb in sets]
         return self._sets
+
+    def unnamed(self) -> list[tuple[dict[str, str], tuple]]:
+        """(labels, sorted items) per label set without ``__name__`` (what ``rate`` returns), built once."""
+        if self._unnamed is None:
+            self._unnamed = [({k: v for k, v in lb.items() if k != "__name__"},
+                              tuple(kv for kv in items if kv[0] != "__name__"))  # items are sorted already
+                             for lb, items in self.labelled()]
+        return self._unnamed
 
 
 @dataclass
@@ -895,12 +904,11 @@ class StoreSeriesSource:
             for sid, s in sorted(lk.series.items()):
                 ids.append(sid)
                 offsets.append(len(flat))
-                for labels, items in s.labelled():
-                    if not match_labels(matchers, labels):
+                for (labels, _), (unnamed, k) in zip(s.labelled(), s.unnamed()):
+                    # the names came from the catalogue: only label matchers can still leave a label set out
+                    if label_matchers and not match_labels(matchers, labels):
                         flat.append(-1)
                         continue
-                    unnamed = {k: v for k, v in labels.items() if k != "__name__"}
-                    k = tuple(kv for kv in items if kv[0] != "__name__")  # items are sorted already
                     if k in seen:
                         return None
                     seen.add(k)
