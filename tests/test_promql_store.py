@@ -412,6 +412,12 @@ def test_index_target_info_and_label_lookups(store, index_tenant):
     assert src.label_values("http_method", *rng) == ["GET", "GET;x", "POST"]
     assert src.label_values("job", *rng) == ["batch", "edge", "pay", "shop/cart"]
     assert src.label_values("instance", *rng) == ["b1", "c1", "c2", "p1"]
+    # from the series-identity cache once it knows every series in the range: the same values
+    warm = shared_source(store, index_tenant)
+    warm.series([Matcher("__name__", "=~", ".+")], *rng)
+    assert warm._known_label_values("job", *rng) == ["batch", "edge", "pay", "shop/cart"]
+    for name in ("http_method", "job", "instance", "code", "nothing"):
+        assert warm.label_values(name, *rng) == src.label_values(name, *rng), name
     # outside the points' hours nothing is listed
     assert src.label_names(T0 + 7200 * S, T0 + 9000 * S) == []
     assert src.series([Matcher("__name__", "=", "reqs_total")], T0 + 7200 * S, T0 + 9000 * S) == []
