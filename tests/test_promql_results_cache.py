@@ -193,3 +193,43 @@ def test_http_query_range_repeats_from_the_cache(store):
         assert len(srv.api.catalogue.series_info) >= 20
     finally:
         srv.close()
+
+
+def test_duplicate_label_sets_over_the_whole_range_are_still_refused():
+    """rate() drops the name; two names that never overlap in time still collide over the whole range, which
+    Prometheus refuses. Pieces would each pass, so such selectors are not cached."""
+    src = MemorySource()
+    for i in range(100):
+        src.add({"__name__": "a_total" if i < 50 else "b_total", "job": "x"}, T0 + i * 15 * S, float(i))
+    engine = PromQLEngine(lambda tenant: src)
+    cache = RangeResultsCache(engine, clock=lambda: T0 + 10**6 * S)
+    q, step = 'rate({__name__=~"a_total|b_total"}[1m])', 60 * S
+    assert len(cache.range(q, T0, T0 + 12 * step, step).series) == 1
+    with pytest.raises(PromQLError, match="same labelset"):
+        engine.range(q, T0, T0 + 24 * step, step)
+    with pytest.raises(PromQLError, match="same labelset"):
+        cache.range(q, T0, T0 + 24 * step, step)
+    assert not cacheable(parse(q)) and not cacheable(parse('{job="x"}'))
+
+
+def test_delta_series_read_raw_are_evaluated_whole(store, tmp_path):
+    """Delta counters read raw become running totals from the first sample read, so a piece's values depend on
+    where it starts: such answers are evaluated whole and not kept. The rate push-down (sums per window) is
+    independent of the start and still cached."""
+    from test_promql_store import T0 as T, insert, metric, request
+    from meshscope.query.promql.store_source import MetricCatalogue, StoreSeriesSource
+
+    tenant = "results-cache-delta"
+    pts = [(T + i * 15 * S, 1.0, {}) for i in range(80)]  # +1 every 15 s, delta temporality
+    insert(store, tmp_path, request({"service.name": "w"}, [metric("jobs.done", "sum", pts, temporality=1)]), tenant)
+    cat = MetricCatalogue(store)
+    engine = PromQLEngine(lambda t: StoreSeriesSource(store, t, cat))
+    cache = RangeResultsCache(engine, clock=lambda: T + 10**6 * S)
+    step = 60 * S
+    for q in ("jobs_done_total", "rate(jobs_done_total[2m])"):
+        cache.range(q, T + 5 * step, T + 15 * step, step, tenant)
+        got = cache.range(q, T + 10 * step, T + 19 * step, step, tenant)
+        want = engine.range(q, T + 10 * step, T + 19 * step, step, tenant)
+        assert _json(got) == _json(want), q
+        assert got.series
+    assert cache.hits == 6  # steps 10..15 of the rate, none of the raw totals

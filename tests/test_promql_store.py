@@ -420,6 +420,19 @@ def test_index_target_info_and_label_lookups(store, index_tenant):
         assert warm.label_values(name, *rng) == src.label_values(name, *rng), name
     # outside the points' hours nothing is listed
     assert src.label_names(T0 + 7200 * S, T0 + 9000 * S) == []
+
+
+def test_label_values_of_escaped_names_are_the_same_once_identities_are_cached(store, tmp_path):
+    """``key_*`` names (attribute keys with a leading digit) are answered through series() and include
+    target_info's resource labels; the identity cache holds only the series' own labels, so it is not asked."""
+    tenant = f"lv-key-{uuid.uuid4().hex[:8]}"
+    insert(store, tmp_path, request({"service.name": "w", "0zone": "eu"},
+                                    [metric("temp", "gauge", [(T0, 1.0, {"1dc": "x"})])]), tenant)
+    src = shared_source(store, tenant)
+    lo, hi = T0 - 60 * S, T0 + 60 * S
+    cold = [src.label_values(n, lo, hi) for n in ("key_0zone", "key_1dc", "job")]
+    src.select([Matcher("__name__", "=", "temp")], lo, hi)  # warms the identity cache
+    assert [src.label_values(n, lo, hi) for n in ("key_0zone", "key_1dc", "job")] == cold == [["eu"], ["x"], ["w"]]
     assert src.series([Matcher("__name__", "=", "reqs_total")], T0 + 7200 * S, T0 + 9000 * S) == []
 
 

@@ -8,6 +8,7 @@ ms. Errors are ``PromQLError`` with ``error_type`` ``bad_data`` (400), ``executi
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -95,18 +96,21 @@ class PromQLEngine:
         self.max_samples = max_samples
         self.subquery_step_ns = subquery_step_ns
         self._cache: OrderedDict[str, A.Expr] = OrderedDict()
+        self._cache_lock = threading.Lock()  # the API evaluates on a thread pool
 
     def parse(self, query: str) -> A.Expr:
         """Parse with a small LRU (dashboards repeat the same queries); returns a fresh tree each time."""
         import copy
-        e = self._cache.get(query)
+        with self._cache_lock:
+            e = self._cache.get(query)
+            if e is not None:
+                self._cache.move_to_end(query)
         if e is None:
             e = parse(query)
-            self._cache[query] = e
-            if len(self._cache) > 256:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(query)
+            with self._cache_lock:
+                self._cache[query] = e
+                if len(self._cache) > 256:
+                    self._cache.popitem(last=False)
         return copy.deepcopy(e)
 
     def _evaluator(self, tenant: str, start_ns: int, end_ns: int, lookback_ns: int | None,

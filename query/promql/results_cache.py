@@ -9,8 +9,13 @@ asks the engine only for the steps it does not hold: at a refresh, the new steps
 
 Queries whose steps are not independent of the request are never cached: ``@ start()``/``@ end()`` and the
 ``start()``/``end()``/``range()`` functions depend on the request's bounds, a fixed ``@`` time or a negative offset
-can read data newer than the step. Bounded by points held (``max_points``), least recently used out first, and by
-age (``ttl_s``: results whose data retention has since dropped are not served for long).
+can read data newer than the step, and a selector that does not fix ``__name__`` with ``=`` can meet the check
+that a name-dropping function's output holds no label set twice over the *whole* range (a piece would pass it).
+Answers that read delta series raw (summed into running totals from the first sample read, so they depend on the
+range's start) are evaluated whole and not kept. Limits on samples and series apply to each evaluated piece.
+Bounded by what is held (``max_points``: points, plus a share per series), least recently used out first, and
+by age (``ttl_s``, from an entry's first evaluation: late data and data that retention dropped since are not
+served for longer).
 """
 from __future__ import annotations
 
@@ -24,11 +29,13 @@ import numpy as np
 
 from . import ast as A
 from .engine import MS, Matrix
+from .source import watch_start_dependence
 
 __all__ = ["RangeResultsCache", "cacheable"]
 
 NS = 1_000_000_000
 _REQUEST_BOUND_FUNCS = {"start", "end", "range"}
+SERIES_WEIGHT = 16  # what one cached series costs beyond its points (labels, arrays), counted in points
 
 
 def cacheable(expr: A.Expr) -> bool:
@@ -39,6 +46,9 @@ def cacheable(expr: A.Expr) -> bool:
         if getattr(node, "offset_ns", 0) < 0:
             return False
         if isinstance(node, A.Call) and node.func in _REQUEST_BOUND_FUNCS:
+            return False
+        if isinstance(node, A.VectorSelector) and not any(
+                m.name == "__name__" and m.op == "=" for m in node.matchers):
             return False
     return True
 
@@ -136,8 +146,13 @@ class RangeResultsCache:
 
     def range(self, query: str, start_ns: int, end_ns: int, step_ns: int, tenant: str = "default",
               lookback_ns: int | None = None) -> Matrix:
+        start_dependent = [False]
+
         def evaluate(lo: int, hi: int) -> Matrix:
-            return self.engine.range(query, lo, hi, step, tenant, lookback_ns=lookback_ns)
+            with watch_start_dependence() as w:
+                m = self.engine.range(query, lo, hi, step, tenant, lookback_ns=lookback_ns)
+            start_dependent[0] |= w.seen
+            return m
 
         # the engine's own ms grid, so that the pieces asked for lie on the request's grid
         start = (int(start_ns) // MS) * MS
@@ -164,12 +179,18 @@ class RangeResultsCache:
         else:
             parts.append(_from_matrix(evaluate(start, last)))
             cached = 0
-        self.hits += cached
-        self.misses += n_steps - cached
+        if start_dependent[0]:  # pieces of this answer differ from the whole: evaluate it whole, keep nothing
+            with self._lock:
+                self._drop(key)
+            self.misses += n_steps
+            return self.engine.range(query, start, last, step, tenant, lookback_ns=lookback_ns)
+        with self._lock:
+            self.hits += cached
+            self.misses += n_steps - cached
         series = _join(parts)
         if keep_hi >= start:
             kept = _slice(_Extent(start, last, series, 0, 0.0), start, keep_hi)
-            points = sum(len(ts) for _, ts, _ in kept.values()) + 1
+            points = sum(len(ts) for _, ts, _ in kept.values()) + SERIES_WEIGHT * (len(kept) + 1)
             made = ext.made if ext is not None and cached else time.monotonic()
             self._put(key, _Extent(start, min(keep_hi, last), kept, points, made))
         return Matrix([(dict(labels), list(zip(ts.tolist(), vals.tolist())))

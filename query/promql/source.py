@@ -9,6 +9,7 @@ does not want to do, and the evaluator falls back to ``select``.
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -18,10 +19,39 @@ from .ast import Matcher
 from .errors import PromQLError
 from .matchers import match_labels
 
-__all__ = ["RawSeries", "GridSeries", "SeriesSource", "MemorySource", "STALE_NAN", "STALE_BITS", "is_stale"]
+__all__ = ["RawSeries", "GridSeries", "SeriesSource", "MemorySource", "STALE_NAN", "STALE_BITS", "is_stale",
+           "note_start_dependent", "watch_start_dependence"]
 
 STALE_BITS = 0x7FF0000000000002
 STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", STALE_BITS))[0]
+
+
+class _Notes(threading.local):
+    start_dependent = False
+
+
+_notes = _Notes()
+
+
+def note_start_dependent() -> None:
+    """A source read values that depend on where its read range starts (delta series summed into running
+    totals from the first selected sample): answers of pieces of a range differ from the whole (results cache)."""
+    _notes.start_dependent = True
+
+
+class watch_start_dependence:
+    """``with watch_start_dependence() as w: ...`` then ``w.seen``: whether the block noted start dependence."""
+
+    def __enter__(self):
+        self._outer = _notes.start_dependent
+        _notes.start_dependent = False
+        self.seen = False
+        return self
+
+    def __exit__(self, *exc):
+        self.seen = _notes.start_dependent
+        _notes.start_dependent = self._outer or self.seen
+        return False
 
 
 def is_stale(values: np.ndarray) -> np.ndarray:

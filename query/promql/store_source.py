@@ -61,7 +61,7 @@ CATALOGUE_TTL_S = 15.0
 GRID_SETTINGS = {"allow_experimental_ts_to_grid_aggregate_function": 1}
 
 from .source import STALE_BITS as STALE_NAN_BITS  # noqa: E402
-from .source import STALE_NAN, GridSeries, RawSeries, is_stale  # noqa: E402
+from .source import STALE_NAN, GridSeries, RawSeries, is_stale, note_start_dependent  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------- name mapping
@@ -661,6 +661,8 @@ class StoreSeriesSource:
             else:
                 stale = np.zeros(len(ts), dtype=bool)
             delta = entry.temporality == 1
+            if delta and comp in ("value", "sum", "count", "bucket"):
+                note_start_dependent()  # running totals from the first selected sample
             if comp == "bucket":
                 yield from self._buckets(entry, s.base, ts, [val_list[i] for i in order], s.extra, stale, delta)
                 continue
@@ -795,7 +797,7 @@ class StoreSeriesSource:
         """Values of one label across the tenant's series in the range (``/api/v1/label/<name>/values``)."""
         if name == "__name__":
             return self.metric_names()
-        if name not in ("le", "quantile"):
+        if _label_sql(name, _Params()) is not None:  # names the SQL below answers (others include target_info)
             known = self._known_label_values(name, start_ns, end_ns)
             if known is not None:
                 return known
