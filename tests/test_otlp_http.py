@@ -436,7 +436,9 @@ def malformed_bodies() -> list[tuple[str, str, bytes]]:
     raw = raw.replace(b"\x2a\x01N", b"\x2a\x01\xff")  # a string field that is not UTF-8
     out = [
         ("/v1/traces", PB, b"\xff" * 64),
-        ("/v1/traces", PB, os.urandom(8) + b"\x0f" + os.urandom(16)),
+        # unknown varint fields (skipped), then wire type 7; fixed bytes: random ones can form a length prefix
+        # that swallows the bad tag, and the self-check below then fails by chance
+        ("/v1/traces", PB, b"\x10\x01" * 4 + b"\x0f" + bytes(range(16))),
         ("/v1/traces", PB, valid[: len(valid) // 2]),
         ("/v1/traces", PB, valid[:-3]),
         ("/v1/traces", PB, b"\x0f"),  # wire type 7 does not exist
