@@ -153,3 +153,17 @@ def test_the_page_substitutes_variables_by_the_tested_rule(ui):
         return values.map(v => texts.map(t => m.substitute(t, {v}, builtins)));
     }""", [texts, values, BUILTINS])
     assert got == [[substitute(t, {"v": v}) for t in texts] for v in values]
+
+
+def test_range_requests_are_aligned_to_their_step(ui):
+    """Panels ask for grids aligned to their step, as Grafana does, so that a refresh repeats the same grid and the
+    server's results cache answers all but the new and the fresh steps."""
+    seen: list[dict] = []
+    ui.page.on("request", lambda r: seen.append(dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(r.url).query)))
+               if urllib.parse.urlsplit(r.url).path == "/api/v1/query_range" else None)
+    page = ui.goto("/dashboards/mesh-overview?window=1h")
+    wait_panels(page)
+    assert seen
+    for q in seen:
+        start, end, step = int(q["start"]), int(q["end"]), int(q["step"])
+        assert start % step == 0 and end % step == 0 and end - start >= 3600, q

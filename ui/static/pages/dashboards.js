@@ -314,10 +314,12 @@ async function renderDashboard(outer, id) {
   });
 
   function range() {
-    const end = Math.floor(Date.now() / 1000);
     const windowS = parseDuration(window_);
     const step = stepFor(windowS);
-    return { start: end - windowS, end, step, windowS };
+    // aligned to the step, as Grafana does: every refresh asks for the same grid, which the server's results
+    // cache then answers but for the new and fresh steps
+    const end = Math.floor(Date.now() / 1000 / step) * step;
+    return { start: end - Math.ceil(windowS / step) * step, end, step, windowS };
   }
   function builtins(r) {
     return { __interval: fmtSeconds(r.step), __rate_interval: fmtSeconds(Math.max(4 * SCRAPE_S, r.step + SCRAPE_S)), __range: fmtSeconds(r.windowS) };
