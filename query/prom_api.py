@@ -53,11 +53,8 @@ _STATUS = {"bad_data": 400, "execution": 422, "timeout": 503, "canceled": 499, "
 # Evaluation times are clamped to ±2^62 ns (about 1824-2116), the bound the parser puts on ranges and offsets:
 # the Go client's "all time" (±2^63) minus a lookback or a range would not fit in an int64 any more. Nothing is
 # stored that far out.
-EVAL_LIMIT_NS = MAX_DURATION_NS
-
-
 def _eval_time(ns: int) -> int:
-    return max(-EVAL_LIMIT_NS, min(EVAL_LIMIT_NS, ns))
+    return max(-MAX_DURATION_NS, min(MAX_DURATION_NS, ns))
 
 
 class ApiError(Exception):
@@ -513,8 +510,7 @@ class PromApi:
         p = await self._params(request)
         self._tenant(request)
         self._check_query(p.query())
-        start = p.time("start", MIN_TIME_NS) if p.get("start") else MIN_TIME_NS
-        end = p.time("end", MAX_TIME_NS) if p.get("end") else MAX_TIME_NS
+        start, end = self._range(p)
         if end < start:
             raise ApiError("bad_data", 'invalid parameter "end": end timestamp must not be before start time')
         return _ok([])

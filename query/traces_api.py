@@ -422,4 +422,3 @@ def _failure(err: Exception) -> tuple[int, str]:
 def routes(store, **kwargs) -> list[web.RouteDef]:
     """The trace routes over ``store`` (see ``TracesService`` for the options)."""
     return TracesService(store, **kwargs).routes()
-

@@ -150,7 +150,7 @@ def node_summary(graph: Graph, node: Node) -> dict:
 def edge_summary(graph: Graph, edge: Edge) -> dict:
     """Everything the graph knows about one edge."""
     data = graph._edge_data(edge, _out_totals(graph))
-    status, ratio = graph.edge_status(edge) if "healthStatus" in data else ("NA", 0.0)
+    status, ratio = graph.edge_status(edge)
     rows = responses([edge])
     summary = red([edge])
     return {

@@ -75,13 +75,13 @@ _REMOTE_KINDS = "('SPAN_KIND_SERVER', 'SPAN_KIND_CONSUMER', 'SPAN_KIND_CLIENT', 
 IDENTITY_FIELDS = ("Kind", "Cluster", "Namespace", "Workload", "App", "Version", "Service", "Gateway", "Virtual")
 KEY_COLUMNS = ([f"Src{f}" for f in IDENTITY_FIELDS] + [f"Dst{f}" for f in IDENTITY_FIELDS]
                + ["Protocol", "ResponseCode", "ResponseFlags", "DstHost", "SourcePrincipal", "DestPrincipal"])
-MEASURES = ("Spans", "Requests", "LatencyBuckets", "LatencySumMs", "BytesSent", "BytesReceived", "MtlsRequests",
-            "MtlsKnown")  # per edge key: spans, requests (spans / sampling probability), latency histogram, ...
-MEASURE_MERGE = {  # column -> how stored rows are summed
+MEASURE_MERGE = {  # per edge key: spans, requests (spans / sampling probability), latency histogram, ...
+    # column -> how stored rows are summed
     "Spans": "sum(Spans)", "Requests": "sum(Requests)", "LatencyBuckets": "sumMap(LatencyBuckets)",
     "LatencySumMs": "sum(LatencySumMs)", "BytesSent": "sum(BytesSent)", "BytesReceived": "sum(BytesReceived)",
     "MtlsRequests": "sum(MtlsRequests)", "MtlsKnown": "sum(MtlsKnown)",
 }
+MEASURES = tuple(MEASURE_MERGE)
 
 # ------------------------------------------------------------------------------------------------------ SQL parts
 
@@ -175,8 +175,16 @@ def _keys(src: dict[str, str], dst: dict[str, str], proto: str, m: str, host: st
     return ",\n    ".join(cols)
 
 
-# Per group of requests that share their raw fields and latency bucket: partial sums (the outer query adds them)
-_PARTIALS = tuple(f"part_{c}" for c in MEASURES if c != "LatencyBuckets")  # buckets: the lb key x part_Requests
+# Per group of requests that share their raw fields and latency bucket: partial sums of the measured span ``{m}``
+# (the outer query adds them); the latency buckets are the lb key x part_Requests
+_PARTIAL_SQL = {
+    "Spans": "count()", "Requests": "sum({m}.mult)", "LatencySumMs": "sum({m}.dur / 1e6 * {m}.mult)",
+    "BytesSent": "sum({m}.bytes_sent * {m}.mult)", "BytesReceived": "sum({m}.bytes_received * {m}.mult)",
+    "MtlsRequests": "sum(if({m}.policy = 'mutual_tls', {m}.mult, 0))",
+    "MtlsKnown": "sum(if({m}.policy NOT IN ('', 'unknown'), {m}.mult, 0))",
+}
+assert set(_PARTIAL_SQL) == set(MEASURES) - {"LatencyBuckets"}
+_PARTIALS = tuple(f"part_{c}" for c in _PARTIAL_SQL)
 
 
 def _lookup_sql(table: str, where: str, hash_cols: Sequence[str], prefix: str, unused: Sequence[str] = ()) -> str:
@@ -197,12 +205,7 @@ def _grouped(by: Sequence[str], m: str, from_sql: str, per_minute: bool) -> str:
     group = [*by, f"{histogram.bucket_sql(f'{m}.dur')} AS lb"]
     if per_minute:
         group += [f"{m}.tenant AS tenant", f"toStartOfMinute({m}.ts) AS minute"]
-    cols = group + ["count() AS part_Spans", f"sum({m}.mult) AS part_Requests",
-                    f"sum({m}.dur / 1e6 * {m}.mult) AS part_LatencySumMs",
-                    f"sum({m}.bytes_sent * {m}.mult) AS part_BytesSent",
-                    f"sum({m}.bytes_received * {m}.mult) AS part_BytesReceived",
-                    f"sum(if({m}.policy = 'mutual_tls', {m}.mult, 0)) AS part_MtlsRequests",
-                    f"sum(if({m}.policy NOT IN ('', 'unknown'), {m}.mult, 0)) AS part_MtlsKnown"]
+    cols = group + [f"{sql.format(m=m)} AS part_{c}" for c, sql in _PARTIAL_SQL.items()]
     keys = [g.rsplit(" AS ", 1)[1] for g in group]
     return f"SELECT {', '.join(cols)}\n{from_sql}\nGROUP BY {', '.join(keys)}"
 

@@ -17,7 +17,7 @@ from . import ast as A
 from .evaluator import EvalError, Evaluator
 from .lexer import LogQLSyntaxError
 from .memsource import SeriesBuilder, fetch_range
-from .parser import log_queries, parse, parse_matchers
+from .parser import log_queries, parse, parse_matchers, walk
 from .pipeline import BYTES_KINDS, COUNT_KINDS, Pipeline, PipelineError
 from .planner import (LogPlan, bucketing_for, counts_sql, entries_sql, plan_log_query, streams_sql)
 
@@ -332,19 +332,11 @@ def _pushed_groupings(expr: A.Expr) -> dict[int, A.Grouping]:
     """Range aggregations directly under ``sum [by|without] (...)`` may reduce their labels early (Loki does
     the same): summing per reduced label set in the window equals summing the per-series values afterwards."""
     out: dict[int, A.Grouping] = {}
-
-    def walk(node):
+    for node, _ in walk(expr):
         if isinstance(node, A.VectorAggregation) and node.op == "sum" and isinstance(node.expr, A.RangeAggregation):
             inner = node.expr
             if inner.grouping is None and (inner.op in COUNT_KINDS | BYTES_KINDS | {"sum_over_time"}):
                 out[id(inner)] = node.grouping or A.Grouping(False, [])
-        if isinstance(node, A.Node):
-            for v in vars(node).values():
-                for it in (v if isinstance(v, list) else [v]):
-                    if isinstance(it, A.Node):
-                        walk(it)
-
-    walk(expr)
     return out
 
 

@@ -30,7 +30,10 @@ VECTOR_OPS = {"sum", "avg", "count", "max", "min", "stddev", "stdvar", "bottomk"
               "approx_topk"}
 FUNCTIONS = RANGE_OPS | VECTOR_OPS | {"bytes", "duration", "duration_seconds", "ip", "vector", "label_replace"}
 
-MAX_DURATION_NS = 1 << 62  # 146 years
+# Ranges and offsets (LogQL's and PromQL's) are kept within 2^62 ns, 146 years, so that query times minus a range
+# or an offset still fit in an int64.
+MAX_DURATION_NS = 1 << 62
+YEAR_NS = 365 * 86400 * 10**9
 DIGITS = "0123456789"  # Go's scanner: ASCII digits only ("²" is not a number)
 OPERATORS = ["|=", "|~", "|>", "!=", "!~", "!>", "=~", "==", ">=", "<=",
              "|", "{", "}", "(", ")", ",", "=", ">", "<", "+", "-", "*", "/", "%", "^"]
@@ -269,7 +272,7 @@ class Lexer:
         except ValueError as e:
             self.error(str(e), line, col)
         if ns > MAX_DURATION_NS:  # query times minus a range or an offset must still fit in an int64
-            self.error(f"duration out of range: {text} (at most {MAX_DURATION_NS // (365 * 86400 * 10**9)}y)",
+            self.error(f"duration out of range: {text} (at most {MAX_DURATION_NS // YEAR_NS}y)",
                        line, col)
         return ns
 

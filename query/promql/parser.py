@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from ..logql.lexer import MAX_DURATION_NS, YEAR_NS
 from . import ast as A
 from .errors import PromQLError
 from .functions import AGGREGATORS, FUNCTIONS, PARAM_AGGREGATORS
@@ -440,10 +441,7 @@ class _Parser:
         return b
 
 
-# Ranges, offsets and @ times are kept within ±2^62 ns (146 years; Prometheus' own limit is int64's ±292 years)
-# so that evaluation times minus a range or an offset still fit in an int64.
-MAX_DURATION_NS = 1 << 62
-YEAR_NS = 365 * 86400 * 10**9
+# Ranges, offsets and @ times are kept within ±MAX_DURATION_NS (Prometheus' own limit is int64's ±292 years).
 
 _DATE_FUNCS = {"days_in_month", "day_of_month", "day_of_week", "day_of_year", "hour", "minute", "month", "year"}
 

@@ -63,9 +63,9 @@ class _Extent:
     made: float
 
 
-def _slice(ext: _Extent, lo: int, hi: int) -> dict[tuple, tuple[dict, np.ndarray, np.ndarray]]:
+def _slice(series: dict, lo: int, hi: int) -> dict[tuple, tuple[dict, np.ndarray, np.ndarray]]:
     out = {}
-    for key, (labels, ts, vals) in ext.series.items():
+    for key, (labels, ts, vals) in series.items():
         a, b = np.searchsorted(ts, lo, "left"), np.searchsorted(ts, hi, "right")
         if b > a:
             out[key] = (labels, ts[a:b], vals[a:b])
@@ -172,24 +172,29 @@ class RangeResultsCache:
         if ext is not None and ext.lo <= last and ext.hi >= start:
             if start < ext.lo:
                 parts.append(_from_matrix(evaluate(start, ext.lo - step)))
-            parts.append(_slice(ext, max(start, ext.lo), min(last, ext.hi)))
+            parts.append(_slice(ext.series, max(start, ext.lo), min(last, ext.hi)))
             if last > ext.hi:
                 parts.append(_from_matrix(evaluate(ext.hi + step, last)))
             cached = (min(last, ext.hi) - max(start, ext.lo)) // step + 1
         else:
-            parts.append(_from_matrix(evaluate(start, last)))
+            whole = evaluate(start, last)
+            if start_dependent[0]:  # it is the whole answer, but one that a later piece could not continue
+                with self._lock:
+                    self.misses += n_steps
+                return whole
+            parts.append(_from_matrix(whole))
             cached = 0
         if start_dependent[0]:  # pieces of this answer differ from the whole: evaluate it whole, keep nothing
             with self._lock:
                 self._drop(key)
-            self.misses += n_steps
+                self.misses += n_steps
             return self.engine.range(query, start, last, step, tenant, lookback_ns=lookback_ns)
         with self._lock:
             self.hits += cached
             self.misses += n_steps - cached
         series = _join(parts)
         if keep_hi >= start:
-            kept = _slice(_Extent(start, last, series, 0, 0.0), start, keep_hi)
+            kept = _slice(series, start, keep_hi)
             points = sum(len(ts) for _, ts, _ in kept.values()) + SERIES_WEIGHT * (len(kept) + 1)
             made = ext.made if ext is not None and cached else time.monotonic()
             self._put(key, _Extent(start, min(keep_hi, last), kept, points, made))

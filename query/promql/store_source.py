@@ -797,14 +797,13 @@ class StoreSeriesSource:
         """Values of one label across the tenant's series in the range (``/api/v1/label/<name>/values``)."""
         if name == "__name__":
             return self.metric_names()
-        if _label_sql(name, _Params()) is not None:  # names the SQL below answers (others include target_info)
-            known = self._known_label_values(name, start_ns, end_ns)
-            if known is not None:
-                return known
         p = _Params()
-        expr = None if name in ("le", "quantile") else _label_sql(name, p)
-        if expr is None:
+        expr = _label_sql(name, p)
+        if expr is None:  # le, quantile, key_* (with target_info's labels): from the label sets
             return sorted({s[name] for s in self.series([], start_ns, end_ns) if s.get(name)})
+        known = self._known_label_values(name, start_ns, end_ns)
+        if known is not None:
+            return known
         sql = (f"SELECT DISTINCT v FROM (SELECT {expr} AS v FROM {self.db}.{SERIES_TABLE} "
                f"WHERE {' AND '.join(self._index_conds(p, start_ns, end_ns))}) WHERE v != ''")
         return sorted(r[0] for r in self.store.query(sql, parameters=p.values).rows)
