@@ -10,6 +10,7 @@ import urllib.parse
 import pytest
 
 from meshscope.query.logql.engine import LogQLEngine, QueryError
+from meshscope.store import StoreError
 
 
 def request(srv, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
@@ -120,15 +121,77 @@ def test_a_promql_store_query_past_the_request_deadline_is_not_sent(store):
     from meshscope.query.deadline import DeadlineExceeded, DeadlineStore, deadline, store_settings
     from meshscope.query.promql.store_source import MetricCatalogue, StoreSeriesSource
 
-    src = StoreSeriesSource(DeadlineStore(store), "deadline-test", MetricCatalogue(store))
+    recording = RecordingStore(store)
+    src = StoreSeriesSource(DeadlineStore(recording), "deadline-test", MetricCatalogue(store))
     assert src.label_names(0, 10**9) == []  # an index query; outside any request: no deadline
+    assert recording.limits() == [None]
     with deadline(60):
         assert store_settings()["max_execution_time"] == 60
         with deadline(3600):  # a nested call keeps the request's deadline
             assert store_settings()["max_execution_time"] == 60
         assert src.label_names(0, 10**9) == []
+    assert recording.limits() == [None, 60]  # what reached the store
     assert store_settings() is None
     with deadline(1e-6):
         time.sleep(0.01)
         with pytest.raises(DeadlineExceeded):
             src.label_names(0, 10**9)
+
+
+class RecordingStore:
+    """The real store, remembering the settings each query was sent with."""
+
+    def __init__(self, store, fail: Exception | None = None):
+        self._store, self.fail, self.settings = store, fail, []
+        self.database = store.database
+
+    def query(self, sql, parameters=None, settings=None):
+        self.settings.append(dict(settings or {}))
+        if self.fail is not None:
+            raise self.fail
+        return self._store.query(sql, parameters=parameters, settings=settings)
+
+    def limits(self) -> list:
+        return [s.get("max_execution_time") for s in self.settings]
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+STORE_TIMEOUT = "Code: 159. DB::Exception: Timeout exceeded: elapsed 1.0 seconds, maximum: 1. (TIMEOUT_EXCEEDED)"
+
+
+def test_prom_api_requests_carry_their_deadline_and_report_store_timeouts(store):
+    """Through PromApi itself: its worker runs the request under the request's timeout, every store query of the
+    series source is sent with it, and a store that gives up at max_execution_time is a "timeout" answer."""
+    import asyncio
+
+    from meshscope.query.prom_api import PromApi
+
+    recording = RecordingStore(store)
+    api = PromApi(recording)
+    asyncio.run(api._run(30, api.source("deadline-api").label_names, 0, 10**9))
+    assert recording.limits() and all(x is not None and 0 < x <= 30 for x in recording.limits())
+
+    import urllib.error
+    import urllib.request
+
+    from test_prom_api import ApiServer
+
+    srv = ApiServer(RecordingStore(store, fail=StoreError(STORE_TIMEOUT)))
+    try:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{srv.url}/api/v1/labels?start=0&end=1", timeout=30)
+    finally:
+        srv.close()
+    assert err.value.code == 503 and json.loads(err.value.read())["errorType"] == "timeout"
+
+
+def test_logql_store_queries_carry_the_deadline_and_store_timeouts_are_504(store):
+    recording = RecordingStore(store)
+    assert LogQLEngine(recording, timeout_s=30).labels(0, 60 * 10**9) == []
+    assert recording.limits() and all(x is not None and 0 < x <= 30 for x in recording.limits())
+    eng = LogQLEngine(RecordingStore(store, fail=StoreError(STORE_TIMEOUT)))
+    with pytest.raises(QueryError) as err:
+        eng.labels(0, 60 * 10**9)
+    assert err.value.status == 504
